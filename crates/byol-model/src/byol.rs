@@ -1,0 +1,343 @@
+//! The BYOL networks: online (encoder → projector → predictor) and target
+//! (encoder → projector), the target an exponential moving average of the
+//! online weights.
+
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+
+use crate::Encoder;
+use crate::head::{MlpHead, MlpHeadConfig};
+
+/// Sizes of the projector and predictor MLPs.
+#[derive(Config, Debug)]
+pub struct HeadsConfig {
+    /// Hidden width of the projector (4096 in the paper).
+    pub projector_hidden: usize,
+    /// Projection dimension, also the predictor's output (256 in the paper).
+    pub projection_dim: usize,
+    /// Hidden width of the predictor (4096 in the paper).
+    pub predictor_hidden: usize,
+    /// BatchNorm in the hidden layer of both heads.
+    #[config(default = true)]
+    pub batch_norm: bool,
+}
+
+/// "The online network is defined by a set of weights θ and is comprised of
+/// three stages: an encoder f_θ, a projector g_θ and a predictor q_θ"
+/// [BYOL, Grill et al. 2020, arXiv:2006.07733, §3.1].
+#[derive(Module, Debug)]
+pub struct OnlineNetwork<B: Backend, E> {
+    /// f_θ.
+    pub encoder: E,
+    /// g_θ.
+    pub projector: MlpHead<B>,
+    /// q_θ.
+    pub predictor: MlpHead<B>,
+}
+
+/// "The target network has the same architecture as the online network, but
+/// uses a different set of weights ξ" — without the predictor
+/// [BYOL, Grill et al. 2020, arXiv:2006.07733, §3.1].
+#[derive(Module, Debug)]
+pub struct TargetNetwork<B: Backend, E> {
+    /// f_ξ.
+    pub encoder: E,
+    /// g_ξ.
+    pub projector: MlpHead<B>,
+}
+
+/// What one BYOL forward pass gives the loss.
+#[derive(Debug, Clone)]
+pub struct ByolOutput<B: Backend> {
+    /// Online prediction of view 1, `[batch, projection_dim]`.
+    pub p1: Tensor<B, 2>,
+    /// Online prediction of view 2.
+    pub p2: Tensor<B, 2>,
+    /// Target projection of view 1, detached.
+    pub z1: Tensor<B, 2>,
+    /// Target projection of view 2, detached.
+    pub z2: Tensor<B, 2>,
+}
+
+/// The online and target networks of BYOL.
+///
+/// The target stays on the same (autodiff) backend as the online network so
+/// that its BatchNorm layers normalise with batch statistics, as the PyTorch
+/// references run it (train mode), but its parameters never require
+/// gradients: optimizers skip them, and [`Byol::update_target`] moves them.
+///
+/// Its BatchNorm running statistics are never used during training; they are
+/// moved by the same moving average as the parameters (running means and
+/// variances are visited like parameters), so a saved target is usable in
+/// evaluation mode.
+#[derive(Module, Debug)]
+pub struct Byol<B: Backend, E> {
+    /// Trained by gradient descent.
+    pub online: OnlineNetwork<B, E>,
+    /// Moving average of `online` (without the predictor).
+    pub target: TargetNetwork<B, E>,
+}
+
+impl<B: Backend, E: Encoder<B>> OnlineNetwork<B, E> {
+    /// Projection g_θ(f_θ(x)).
+    ///
+    /// # Shapes
+    /// `[batch, channels, height, width]` → `[batch, projection_dim]`
+    pub fn project(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.projector.forward(self.encoder.encode(images))
+    }
+
+    /// Prediction q_θ(g_θ(f_θ(x))).
+    ///
+    /// # Shapes
+    /// `[batch, channels, height, width]` → `[batch, projection_dim]`
+    pub fn predict(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.predictor.forward(self.project(images))
+    }
+}
+
+impl<B: Backend, E: Encoder<B>> TargetNetwork<B, E> {
+    /// Projection g_ξ(f_ξ(x)), detached from any graph.
+    ///
+    /// # Shapes
+    /// `[batch, channels, height, width]` → `[batch, projection_dim]`
+    pub fn project(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.projector.forward(self.encoder.encode(images)).detach()
+    }
+}
+
+impl<B: Backend, E: Encoder<B>> Byol<B, E> {
+    /// Assembles BYOL from two encoders built independently from the same
+    /// config, then copies the online weights into the target.
+    ///
+    /// The target must not be a `clone()` of the online encoder: burn clones
+    /// share BatchNorm running statistics and lazily initialised parameters.
+    ///
+    /// # Panics
+    ///
+    /// When the two encoders do not have the same parameter shapes.
+    pub fn new(online_encoder: E, target_encoder: E, heads: &HeadsConfig, device: &B::Device) -> Self {
+        let dim = online_encoder.output_dim();
+        let projector = MlpHeadConfig::new(dim, heads.projector_hidden, heads.projection_dim)
+            .with_batch_norm(heads.batch_norm);
+        let predictor = MlpHeadConfig::new(heads.projection_dim, heads.predictor_hidden, heads.projection_dim)
+            .with_batch_norm(heads.batch_norm);
+        let online = OnlineNetwork {
+            encoder: online_encoder,
+            projector: projector.init(device),
+            predictor: predictor.init(device),
+        };
+        let target = TargetNetwork {
+            encoder: target_encoder,
+            projector: projector.init(device),
+        }
+        .no_grad();
+        Self { online, target }.update_target(0.0)
+    }
+
+    /// One BYOL forward pass over the two views of a batch. Each view goes
+    /// through the networks on its own, so BatchNorm statistics are per view.
+    ///
+    /// # Shapes
+    /// `view1`, `view2`: `[batch, channels, height, width]`
+    pub fn forward(&self, view1: Tensor<B, 4>, view2: Tensor<B, 4>) -> ByolOutput<B> {
+        ByolOutput {
+            p1: self.online.predict(view1.clone()),
+            p2: self.online.predict(view2.clone()),
+            z1: self.target.project(view1),
+            z2: self.target.project(view2),
+        }
+    }
+
+    /// The target update ξ ← τξ + (1 − τ)θ over the encoder and projector.
+    ///
+    /// "the target network parameters ξ are an exponential moving average of
+    /// the online parameters θ. More precisely, given a target decay rate
+    /// τ ∈ [0, 1], after each training step we perform the following update,
+    /// ξ ← τξ + (1 − τ)θ" [BYOL, Grill et al. 2020, arXiv:2006.07733, §3.1].
+    ///
+    /// `tau = 1` leaves the target as it is, `tau = 0` copies the online
+    /// weights. BatchNorm running statistics are averaged the same way.
+    ///
+    /// # Panics
+    ///
+    /// When the target and online networks differ in structure.
+    pub fn update_target(mut self, tau: f64) -> Self {
+        let mut online = Collect::<B>::default();
+        self.online.encoder.visit(&mut online);
+        self.online.projector.visit(&mut online);
+        let mut ema = Ema {
+            online: online.tensors.into_iter(),
+            tau,
+        };
+        self.target.encoder = self.target.encoder.map(&mut ema);
+        self.target.projector = self.target.projector.map(&mut ema);
+        assert!(
+            ema.online.next().is_none(),
+            "the target network should have as many tensors as the online network"
+        );
+        self
+    }
+}
+
+/// Gathers the online tensors, flattened and detached, in visiting order.
+struct Collect<B: Backend> {
+    tensors: Vec<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Default for Collect<B> {
+    fn default() -> Self {
+        Self { tensors: Vec::new() }
+    }
+}
+
+impl<B: Backend> ModuleVisitor<B> for Collect<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let tensor = param.val().detach();
+        let n = tensor.shape().num_elements();
+        self.tensors.push(tensor.reshape([n]));
+    }
+}
+
+/// Moves each target tensor towards the online tensor in the same place.
+struct Ema<B: Backend> {
+    online: std::vec::IntoIter<Tensor<B, 1>>,
+    tau: f64,
+}
+
+impl<B: Backend> ModuleMapper<B> for Ema<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, target, mapper) = param.consume();
+        let online = self
+            .online
+            .next()
+            .expect("the online network should have as many tensors as the target network");
+        let shape = target.shape();
+        assert_eq!(
+            online.shape().num_elements(),
+            shape.num_elements(),
+            "online and target tensors should have the same size (shape {shape:?})"
+        );
+        let updated = if self.tau == 0.0 {
+            online.reshape(shape)
+        } else {
+            target
+                .detach()
+                .mul_scalar(self.tau)
+                .add(online.reshape(shape).mul_scalar(1.0 - self.tau))
+        };
+        Param::from_mapped_value(id, updated.set_require_grad(false), mapper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ResNetConfig;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::Distribution;
+
+    type B = Autodiff<Flex>;
+
+    fn tiny() -> Byol<B, crate::ResNet<B>> {
+        let device = Default::default();
+        let cfg = ResNetConfig::small();
+        Byol::new(cfg.init(&device), cfg.init(&device), &HeadsConfig::new(32, 16, 32), &device)
+    }
+
+    fn flat<M: Module<B>>(m: &M) -> Vec<f32> {
+        let mut c = Collect::<B>::default();
+        m.visit(&mut c);
+        c.tensors
+            .into_iter()
+            .flat_map(|t| t.into_data().to_vec::<f32>().expect("f32 tensor"))
+            .collect()
+    }
+
+    fn online_part(b: &Byol<B, crate::ResNet<B>>) -> Vec<f32> {
+        let mut v = flat(&b.online.encoder);
+        v.extend(flat(&b.online.projector));
+        v
+    }
+
+    fn target_part(b: &Byol<B, crate::ResNet<B>>) -> Vec<f32> {
+        let mut v = flat(&b.target.encoder);
+        v.extend(flat(&b.target.projector));
+        v
+    }
+
+    /// Adds noise to every online tensor so online and target differ.
+    fn perturb(b: Byol<B, crate::ResNet<B>>) -> Byol<B, crate::ResNet<B>> {
+        struct Noise;
+        impl ModuleMapper<B> for Noise {
+            fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+                p.map(|t| {
+                    let noise = Tensor::random(t.shape(), Distribution::Normal(0.0, 1.0), &t.device());
+                    t + noise
+                })
+            }
+        }
+        let mut b = b;
+        b.online = b.online.map(&mut Noise);
+        b
+    }
+
+    #[test]
+    fn new_target_equals_online_and_requires_no_grad() {
+        let b = tiny();
+        assert_eq!(online_part(&b), target_part(&b));
+        struct Grad(bool, bool);
+        impl ModuleVisitor<B> for Grad {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+                self.0 |= p.val().is_require_grad();
+                self.1 &= p.val().is_require_grad();
+            }
+        }
+        let mut t = Grad(false, true);
+        b.target.visit(&mut t);
+        assert!(!t.0, "no target tensor should require grad");
+        let mut o = Grad(false, true);
+        b.online.projector.visit(&mut o);
+        assert!(o.0, "online parameters should require grad");
+    }
+
+    #[test]
+    fn ema_with_tau_one_leaves_target_unchanged() {
+        let b = perturb(tiny());
+        let before = target_part(&b);
+        assert_ne!(before, online_part(&b));
+        let b = b.update_target(1.0);
+        assert_eq!(target_part(&b), before);
+    }
+
+    #[test]
+    fn ema_with_tau_zero_copies_online() {
+        let b = perturb(tiny()).update_target(0.0);
+        assert_eq!(target_part(&b), online_part(&b));
+    }
+
+    #[test]
+    fn ema_interpolates_each_value() {
+        let b = perturb(tiny());
+        let (t0, o) = (target_part(&b), online_part(&b));
+        let b = b.update_target(0.9);
+        for ((t1, t0), o) in target_part(&b).iter().zip(&t0).zip(&o) {
+            let expected = 0.9 * t0 + 0.1 * o;
+            assert!((t1 - expected).abs() <= 1e-5 * (1.0 + expected.abs()), "{t1} vs {expected}");
+        }
+    }
+
+    #[test]
+    fn gradients_reach_the_online_network_only() {
+        let b = tiny();
+        let x = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Default, &Default::default());
+        let out = b.forward(x.clone(), x);
+        // the target projections take part in the loss, yet get no gradient
+        let loss = (out.p1 * out.z2).sum() + (out.p2 * out.z1).sum();
+        let grads = loss.backward();
+        assert!(b.online.encoder.conv1.weight.grad(&grads).is_some());
+        assert!(b.online.predictor.linear2.weight.grad(&grads).is_some());
+        assert!(b.target.encoder.conv1.weight.grad(&grads).is_none());
+        assert!(b.target.projector.linear1.weight.grad(&grads).is_none());
+    }
+}
