@@ -1,0 +1,204 @@
+//! Weighted k-nearest-neighbour classification on cosine similarity.
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::EvalError;
+
+/// Settings of the kNN monitor.
+///
+/// As lightly's benchmark module (after Wu et al. 2018, "Unsupervised Feature
+/// Learning via Non-Parametric Instance Discrimination"): each of the `k`
+/// most cosine-similar training samples votes for its class with weight
+/// `exp(similarity / temperature)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnnConfig {
+    /// Neighbours that vote.
+    pub k: usize,
+    /// Temperature of the vote weights.
+    pub temperature: f32,
+}
+
+impl Default for KnnConfig {
+    fn default() -> Self {
+        Self {
+            k: 20,
+            temperature: 0.1,
+        }
+    }
+}
+
+impl KnnConfig {
+    /// Checks the values; `prefix` names the config section in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`EvalError::InvalidConfig`] naming the key.
+    pub fn validate(&self, prefix: &str) -> Result<(), EvalError> {
+        if self.k == 0 {
+            return Err(EvalError::InvalidConfig {
+                key: format!("{prefix}.k"),
+                value: "0".into(),
+                expected: "at least 1".into(),
+            });
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(EvalError::InvalidConfig {
+                key: format!("{prefix}.temperature"),
+                value: self.temperature.to_string(),
+                expected: "a finite number > 0".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Top-1 and top-5 accuracy, as fractions in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KnnAccuracy {
+    /// Fraction of queries whose best-scored class is right.
+    pub top1: f64,
+    /// Fraction whose right class is among the five best-scored.
+    pub top5: f64,
+}
+
+/// Classifies each query row by a similarity-weighted vote of its `k` nearest
+/// rows of `bank` (cosine similarity), and scores the result.
+///
+/// # Errors
+///
+/// [`EvalError::CountMismatch`] when rows and labels disagree,
+/// [`EvalError::InvalidConfig`] for a bad `config`.
+///
+/// # Panics
+///
+/// When `bank` and `queries` have different feature dimensions.
+pub fn knn_classify<B: Backend>(
+    bank: Tensor<B, 2>,
+    bank_labels: &[u8],
+    queries: Tensor<B, 2>,
+    query_labels: &[u8],
+    config: &KnnConfig,
+) -> Result<KnnAccuracy, EvalError> {
+    config.validate("eval.knn")?;
+    let [n_bank, _] = bank.dims();
+    let [n_queries, _] = queries.dims();
+    if n_bank != bank_labels.len() {
+        return Err(EvalError::CountMismatch {
+            what: "kNN memory bank",
+            features: n_bank,
+            labels: bank_labels.len(),
+        });
+    }
+    if n_queries != query_labels.len() {
+        return Err(EvalError::CountMismatch {
+            what: "kNN queries",
+            features: n_queries,
+            labels: query_labels.len(),
+        });
+    }
+    if n_queries == 0 || n_bank == 0 {
+        return Ok(KnnAccuracy { top1: 0.0, top5: 0.0 });
+    }
+    let n_classes = usize::from(*bank_labels.iter().chain(query_labels).max().unwrap_or(&0)) + 1;
+    let k = config.k.min(n_bank);
+    // [n_bank, dim] -> [dim, n_bank], unit rows
+    let bank_t = l2_normalize(bank).transpose();
+    let queries = l2_normalize(queries);
+
+    let (mut hits1, mut hits5) = (0usize, 0usize);
+    let chunk = (1 << 22) / n_bank.max(1) + 1;
+    let mut start = 0;
+    while start < n_queries {
+        let end = (start + chunk).min(n_queries);
+        // [rows, n_bank]
+        let sim = queries.clone().slice([start..end]).matmul(bank_t.clone());
+        let sim: Vec<f32> = sim
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| EvalError::Data(format!("{e:?}")))?;
+        let mut idx: Vec<usize> = Vec::with_capacity(n_bank);
+        let mut scores = vec![0f64; n_classes];
+        for (row, label) in sim.chunks_exact(n_bank).zip(&query_labels[start..end]) {
+            idx.clear();
+            idx.extend(0..n_bank);
+            if k < n_bank {
+                idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+            }
+            scores.iter_mut().for_each(|s| *s = 0.0);
+            for &j in &idx[..k] {
+                scores[usize::from(bank_labels[j])] += (f64::from(row[j]) / f64::from(config.temperature)).exp();
+            }
+            let right = scores[usize::from(*label)];
+            // classes strictly better than the right one; ties count against it
+            let better = scores
+                .iter()
+                .enumerate()
+                .filter(|&(c, &s)| c != usize::from(*label) && s >= right)
+                .count();
+            hits1 += usize::from(better == 0 && right > 0.0);
+            hits5 += usize::from(better < 5 && right > 0.0);
+        }
+        start = end;
+    }
+    Ok(KnnAccuracy {
+        top1: hits1 as f64 / n_queries as f64,
+        top5: hits5 as f64 / n_queries as f64,
+    })
+}
+
+/// Rows divided by their L2 norm (rows of zeros stay zero).
+fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+    x / norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    type B = Flex;
+
+    fn t(rows: &[[f32; 2]]) -> Tensor<B, 2> {
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        Tensor::<B, 1>::from_floats(flat.as_slice(), &Default::default()).reshape([rows.len(), 2])
+    }
+
+    #[test]
+    fn separable_clusters_are_classified_perfectly() {
+        let bank = t(&[[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]]);
+        let queries = t(&[[2.0, 0.0], [0.0, 3.0]]);
+        let acc = knn_classify(bank, &[0, 0, 1, 1], queries, &[0, 1], &KnnConfig { k: 2, temperature: 0.1 })
+            .expect("valid inputs");
+        assert_eq!(acc.top1, 1.0);
+        assert_eq!(acc.top5, 1.0);
+    }
+
+    #[test]
+    fn similarity_weighting_beats_majority() {
+        // two far neighbours of class 1, one very close neighbour of class 0
+        let bank = t(&[[1.0, 0.0], [0.0, 1.0], [0.1, 1.0]]);
+        let queries = t(&[[1.0, 0.05]]);
+        let weighted = knn_classify(bank.clone(), &[0, 1, 1], queries.clone(), &[0], &KnnConfig { k: 3, temperature: 0.1 })
+            .expect("valid");
+        assert_eq!(weighted.top1, 1.0);
+        // a huge temperature makes the vote a plain majority
+        let flat = knn_classify(bank, &[0, 1, 1], queries, &[0], &KnnConfig { k: 3, temperature: 1e6 }).expect("valid");
+        assert_eq!(flat.top1, 0.0);
+        assert_eq!(flat.top5, 1.0);
+    }
+
+    #[test]
+    fn count_mismatch_and_bad_k_are_errors() {
+        let bank = t(&[[1.0, 0.0]]);
+        assert!(matches!(
+            knn_classify(bank.clone(), &[0, 1], bank.clone(), &[0], &KnnConfig::default()),
+            Err(EvalError::CountMismatch { .. })
+        ));
+        let err = knn_classify(bank.clone(), &[0], bank, &[0], &KnnConfig { k: 0, temperature: 0.1 })
+            .expect_err("k = 0");
+        assert!(err.to_string().contains("eval.knn.k"), "{err}");
+    }
+}
