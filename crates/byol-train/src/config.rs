@@ -1,0 +1,422 @@
+//! The run configuration: one TOML file, every key documented in
+//! `docs/configs.md`, unknown keys rejected.
+//!
+//! burn's `#[config(default = ..)]` is not applied when a TOML file omits a
+//! field, so run configs are plain serde structs with `Default` impls.
+
+use std::path::{Path, PathBuf};
+
+use byol_augment::AugmentConfig;
+use byol_eval::KnnConfig;
+use byol_model::{HeadsConfig, ResNetConfig, Stem};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// Everything a pretraining run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Seed of weights, shuffling and augmentation.
+    pub seed: u64,
+    /// Where the images come from.
+    pub data: DataConfig,
+    /// The two random views.
+    pub augment: AugmentConfig,
+    /// Encoder and heads.
+    pub model: ModelConfig,
+    /// Optimisation.
+    pub train: TrainConfig,
+    /// Monitoring.
+    pub eval: EvalConfig,
+}
+
+/// Dataset format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// IDX files as the MNIST / Fashion-MNIST downloads.
+    Idx,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Folder of the dataset, relative to the working directory.
+    pub path: PathBuf,
+    /// Format of the files in `path`.
+    pub format: DataFormat,
+    /// Use only the first N training images (0 = all).
+    pub train_limit: usize,
+    /// Use only the first N test images for kNN (0 = all).
+    pub test_limit: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("data/fashion-mnist-sample"),
+            format: DataFormat::Idx,
+            train_limit: 0,
+            test_limit: 0,
+        }
+    }
+}
+
+/// Encoder architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderKind {
+    /// Three stages of one basic block, 32/64/128 planes (CPU default).
+    Small,
+    /// torchvision ResNet-18.
+    Resnet18,
+    /// torchvision ResNet-34.
+    Resnet34,
+    /// torchvision ResNet-50.
+    Resnet50,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Encoder architecture.
+    pub encoder: EncoderKind,
+    /// Stem: `imagenet` (7×7/2 + max-pool), `cifar` (3×3/1), `small` (3×3/2).
+    pub stem: Stem,
+    /// Multiplies every encoder width.
+    pub width_multiplier: usize,
+    /// Hidden width of the projector MLP.
+    pub projector_hidden: usize,
+    /// Output of the projector and predictor.
+    pub projection_dim: usize,
+    /// Hidden width of the predictor MLP.
+    pub predictor_hidden: usize,
+    /// BatchNorm in the hidden layer of projector and predictor.
+    pub head_batchnorm: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            encoder: EncoderKind::Small,
+            stem: Stem::Small,
+            width_multiplier: 1,
+            projector_hidden: 512,
+            projection_dim: 128,
+            predictor_hidden: 512,
+            head_batchnorm: true,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The encoder for images with `in_channels` channels.
+    pub fn encoder_config(&self, in_channels: usize) -> ResNetConfig {
+        let base = match self.encoder {
+            EncoderKind::Small => ResNetConfig::small(),
+            EncoderKind::Resnet18 => ResNetConfig::resnet18(),
+            EncoderKind::Resnet34 => ResNetConfig::resnet34(),
+            EncoderKind::Resnet50 => ResNetConfig::resnet50(),
+        };
+        base.with_stem(self.stem)
+            .with_in_channels(in_channels)
+            .with_width_multiplier(self.width_multiplier)
+    }
+
+    /// The projector and predictor sizes.
+    pub fn heads_config(&self) -> HeadsConfig {
+        HeadsConfig::new(self.projector_hidden, self.projection_dim, self.predictor_hidden)
+            .with_batch_norm(self.head_batchnorm)
+    }
+}
+
+/// Optimizers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Adam (β = 0.9, 0.999, ε = 1e-8 as PyTorch), L2 weight decay.
+    Adam,
+    /// SGD with momentum (no dampening, as PyTorch), L2 weight decay.
+    Sgd,
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step (each gives two views). Incomplete last batches are
+    /// dropped.
+    pub batch_size: usize,
+    /// Optimizer.
+    pub optimizer: OptimizerKind,
+    /// Learning rate (constant).
+    pub lr: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Momentum of SGD (ignored by Adam: setting it with Adam is an error).
+    pub momentum: f64,
+    /// τ₀ of the target's moving average, raised to 1 on a cosine.
+    pub tau_base: f64,
+    /// Steps between logged losses (metrics.jsonl, progress bar).
+    pub log_every: usize,
+    /// Stop after this many steps in all (0 = no limit); for smoke tests.
+    pub max_steps: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 128,
+            optimizer: OptimizerKind::Adam,
+            lr: 1e-3,
+            weight_decay: 1e-6,
+            momentum: 0.9,
+            tau_base: 0.996,
+            log_every: 10,
+            max_steps: 0,
+        }
+    }
+}
+
+/// `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// The kNN monitor.
+    pub knn: KnnConfig,
+    /// Images per forward pass when extracting features.
+    pub batch_size: usize,
+    /// Run the kNN monitor every N epochs (and always after the last).
+    pub every_epochs: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            knn: KnnConfig::default(),
+            batch_size: 256,
+            every_epochs: 1,
+        }
+    }
+}
+
+fn invalid(key: &str, value: impl ToString, expected: &str) -> TrainError {
+    TrainError::InvalidConfig {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+impl RunConfig {
+    /// Reads a TOML file, applies `key=value` overrides (dotted keys, values
+    /// in TOML syntax, bare words taken as strings) and validates the result.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::ConfigFile`] for unreadable files, TOML syntax errors and
+    /// unknown keys (the message shows the key), [`TrainError::InvalidConfig`]
+    /// for out-of-range values.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, TrainError> {
+        let (name, text) = match path {
+            Some(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(|e| TrainError::ConfigFile {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?,
+            ),
+            None => ("<defaults>".to_string(), String::new()),
+        };
+        let config = Self::from_toml(&text, overrides).map_err(|message| TrainError::ConfigFile { path: name, message })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text with overrides applied, without validating values.
+    fn from_toml(text: &str, overrides: &[String]) -> Result<Self, String> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        for item in overrides {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("override `{item}` should be key=value"))?;
+            let (key, value) = (key.trim(), value.trim());
+            let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            set_dotted(&mut table, key, parsed)?;
+        }
+        // Round-trip through text so that errors point at the offending line.
+        let resolved = toml::to_string(&table).map_err(|e| e.to_string())?;
+        toml::from_str(&resolved).map_err(|e| e.to_string())
+    }
+
+    /// Checks every value against its range, naming the key on failure.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::InvalidConfig`] naming the first bad key.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let t = &self.train;
+        if !(0.0..=1.0).contains(&t.tau_base) {
+            return Err(invalid("train.tau_base", t.tau_base, "a number in [0, 1]"));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(invalid("train.lr", t.lr, "a finite number > 0"));
+        }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            return Err(invalid("train.weight_decay", t.weight_decay, "a finite number >= 0"));
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return Err(invalid("train.momentum", t.momentum, "a number in [0, 1)"));
+        }
+        if t.optimizer == OptimizerKind::Adam && t.momentum != TrainConfig::default().momentum {
+            return Err(invalid(
+                "train.momentum",
+                t.momentum,
+                "no value with optimizer = \"adam\" (momentum is for sgd)",
+            ));
+        }
+        if t.epochs == 0 {
+            return Err(invalid("train.epochs", 0, "at least 1"));
+        }
+        if t.batch_size < 2 {
+            return Err(invalid("train.batch_size", t.batch_size, "at least 2 (BatchNorm needs a batch)"));
+        }
+        if t.log_every == 0 {
+            return Err(invalid("train.log_every", 0, "at least 1"));
+        }
+        let m = &self.model;
+        for (key, v) in [
+            ("model.projector_hidden", m.projector_hidden),
+            ("model.projection_dim", m.projection_dim),
+            ("model.predictor_hidden", m.predictor_hidden),
+            ("model.width_multiplier", m.width_multiplier),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, 0, "at least 1"));
+            }
+        }
+        if self.eval.batch_size == 0 {
+            return Err(invalid("eval.batch_size", 0, "at least 1"));
+        }
+        if self.eval.every_epochs == 0 {
+            return Err(invalid("eval.every_epochs", 0, "at least 1"));
+        }
+        self.eval.knn.validate("eval.knn")?;
+        self.augment.validate("augment")?;
+        Ok(())
+    }
+
+    /// The resolved config as TOML text, as written into the run folder.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::ConfigFile`] if serialisation fails.
+    pub fn to_toml(&self) -> Result<String, TrainError> {
+        toml::to_string_pretty(self).map_err(|e| TrainError::ConfigFile {
+            path: "<resolved>".into(),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().filter(|s| !s.is_empty()).ok_or_else(|| format!("empty key in override `{key}`"))?;
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("override `{key}`: `{part}` is not a table"))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str, overrides: &[&str]) -> String {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        match RunConfig::from_toml(text, &overrides) {
+            Err(e) => e,
+            Ok(c) => c.validate().expect_err("config should be rejected").to_string(),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = RunConfig::from_toml("", &[]).expect("empty is valid");
+        assert_eq!(c, RunConfig::default());
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn omitted_fields_keep_their_defaults() {
+        let c = RunConfig::from_toml("[train]\nlr = 0.5\n", &[]).expect("valid");
+        assert_eq!(c.train.lr, 0.5);
+        assert_eq!(c.train.batch_size, TrainConfig::default().batch_size);
+        assert_eq!(c.eval.knn.k, 20);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_naming_the_key() {
+        assert!(err("[train]\nlearning_rate = 0.1\n", &[]).contains("learning_rate"));
+        assert!(err("", &["model.depth=18"]).contains("depth"));
+        assert!(err("[augment.view1]\nblurr_p = 0.1\n", &[]).contains("blurr_p"));
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected_naming_the_key() {
+        assert!(err("", &["train.tau_base=1.5"]).contains("train.tau_base"));
+        assert!(err("", &["train.lr=-0.1"]).contains("train.lr"));
+        assert!(err("", &["augment.view1.crop_scale=[0.9, 0.5]"]).contains("augment.view1.crop_scale"));
+        assert!(err("", &["train.momentum=0.5"]).contains("train.momentum"));
+    }
+
+    #[test]
+    fn overrides_parse_toml_values_and_bare_words() {
+        let o: Vec<String> = ["train.optimizer=sgd", "train.lr=0.05", "model.head_batchnorm=false", "data.path=/x/y"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let c = RunConfig::from_toml("", &o).expect("valid overrides");
+        assert_eq!(c.train.optimizer, OptimizerKind::Sgd);
+        assert_eq!(c.train.lr, 0.05);
+        assert!(!c.model.head_batchnorm);
+        assert_eq!(c.data.path, PathBuf::from("/x/y"));
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let c = RunConfig::from_toml("seed = 3\n[train]\nepochs = 2\n", &[]).expect("valid");
+        let again = RunConfig::from_toml(&c.to_toml().expect("serialisable"), &[]).expect("round trip");
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("configs/ exists") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                RunConfig::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no config found in {}", dir.display());
+    }
+}

@@ -1,0 +1,76 @@
+//! Training BYOL: the loss, the τ schedule, the optimizers, the loop and its
+//! checkpoints.
+//!
+//! The whole method, as [`byol_step`] runs it:
+//! online = encoder + projector + predictor; target = encoder + projector,
+//! updated by EMA ξ ← τξ + (1 − τ)θ after each optimizer step;
+//! loss = ½(ℓ(p₁, sg(z₂)) + ℓ(p₂, sg(z₁))) with ℓ = 2 − 2·cos
+//! [BYOL, Grill et al. 2020, arXiv:2006.07733].
+
+pub mod checkpoint;
+pub mod config;
+pub mod loss;
+pub mod metrics;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{DataConfig, DataFormat, EncoderKind, EvalConfig, ModelConfig, OptimizerKind, RunConfig, TrainConfig};
+pub use loss::{byol_loss, regression_loss};
+pub use schedule::tau;
+pub use trainer::{ByolOptimizer, RunSummary, byol_step, pretrain};
+
+use std::path::PathBuf;
+
+/// Errors of training runs.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A configuration value is out of its range.
+    #[error("invalid value for `{key}`: {value} (expected {expected})")]
+    InvalidConfig {
+        /// The full key, e.g. `train.tau_base`.
+        key: String,
+        /// The value found.
+        value: String,
+        /// What is accepted.
+        expected: String,
+    },
+    /// The config file cannot be read or parsed.
+    #[error("config {path}: {message}")]
+    ConfigFile {
+        /// The file.
+        path: String,
+        /// What went wrong (TOML errors show the line and key).
+        message: String,
+    },
+    /// Reading the dataset failed.
+    #[error(transparent)]
+    Data(#[from] byol_data::DataError),
+    /// The augmentation rejected its config.
+    #[error(transparent)]
+    Augment(#[from] byol_augment::AugmentError),
+    /// The model rejected its config.
+    #[error(transparent)]
+    Model(#[from] byol_model::ModelError),
+    /// Evaluation failed.
+    #[error(transparent)]
+    Eval(#[from] byol_eval::EvalError),
+    /// The dataset cannot be used as configured.
+    #[error("{0}")]
+    Dataset(String),
+    /// Writing run outputs failed.
+    #[error("cannot write {path}: {message}")]
+    Output {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error("loss is {loss} at step {step}: training diverged (lower train.lr?)")]
+    NonFinite {
+        /// The step.
+        step: usize,
+        /// The value.
+        loss: f32,
+    },
+}
