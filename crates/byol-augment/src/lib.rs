@@ -3,39 +3,61 @@
 //! "[...] we apply the following sequence of transformations: random
 //! cropping [...], optional left-right flip, color jittering [...], color
 //! dropping [...], Gaussian blurring and solarization"
-//! [BYOL, Grill et al. 2020, arXiv:2006.07733, §3.3 and Table 6].
+//! [BYOL, Grill et al. 2020, arXiv:2006.07733, §3.3, Table 6 and appendix B].
 //!
-//! Each image of a batch gets its own ChaCha8 random stream, derived from the
-//! batch seed and its index in the batch: two images never share crop or
-//! jitter parameters, and a batch is the same whatever the number of rayon
-//! threads that made it. Outputs are `f32`, `[batch, channels, size, size]`,
-//! normalised by the configured mean and standard deviation.
+//! Every view goes through, in torchvision's order: random resized crop
+//! (bilinear, pixel-centre aligned, no antialiasing), horizontal flip, colour
+//! jitter (its four parts in a random order), grayscale, gaussian blur,
+//! solarisation, then normalisation `(x - mean) / std`. Values are in
+//! `[0, 1]` until the normalisation. Probabilities and ranges are in
+//! [`ViewConfig`]; [`ViewConfig::view1`] and [`ViewConfig::view2`] are the
+//! paper's two views.
 //!
-//! Single-channel images work: brightness and contrast apply, while
-//! saturation, hue and grayscale are no-ops (there is no colour to change).
-//! Resizing is bilinear without antialiasing.
+//! Each image of a batch gets its own ChaCha8 random stream, seeded from the
+//! batch seed and its index in the batch through splitmix64: two images
+//! never share crop or jitter parameters, and a batch is bitwise the same
+//! whatever the number of rayon threads that made it. Every view draws the
+//! same random numbers whether or not an operation is applied, so changing
+//! e.g. `grayscale_p` does not move the crops of a seed. Outputs are `f32`,
+//! `[batch, channels, size, size]` flattened.
+//!
+//! **Single-channel images** (MNIST, Fashion-MNIST) are supported:
+//! brightness and contrast apply, while saturation, hue and grayscale are
+//! no-ops, there being no colour to change. Only 3-channel images are
+//! treated as RGB.
 //!
 //! ```
-//! use byol_augment::{AugmentConfig, two_views};
+//! use byol_augment::{AugmentConfig, eval_batch, two_views};
 //! use byol_data::ImageRef;
-//! let pixels = vec![128u8; 28 * 28];
+//!
+//! let pixels: Vec<u8> = (0..28 * 28).map(|i| (i % 251) as u8).collect();
 //! let img = ImageRef { pixels: &pixels, height: 28, width: 28, channels: 1 };
-//! let (v1, v2) = two_views(&[img, img], &AugmentConfig::default(), 42);
-//! assert_eq!(v1.len(), 2 * 28 * 28);
+//! let cfg = AugmentConfig::default();
+//! cfg.validate("augment")?;
+//! cfg.check_channels(img.channels)?;
+//! let (v1, v2) = two_views(&[img, img], &cfg, 42);
+//! assert_eq!(v1.len(), 2 * 1 * 28 * 28);
 //! assert_ne!(v1, v2);
+//! let eval = eval_batch(&[img], cfg.size, &cfg.mean, &cfg.std);
+//! assert_eq!(eval[0], (0.0 - 0.5) / 0.5);
+//! # Ok::<(), byol_augment::AugmentError>(())
 //! ```
 
-mod ops;
-mod settings;
+mod blur;
+mod color;
+mod config;
+mod crop;
 
-pub use settings::{AugmentConfig, ViewConfig};
+pub use config::{AugmentConfig, ViewConfig};
 
 use byol_data::ImageRef;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use ops::{Planar, color_jitter, crop_window, kernel_size, uniform};
+use blur::BlurScratch;
+use color::{Jitter, uniform};
+use crop::{Tap, Window};
 
 /// Errors of augmentation settings.
 #[derive(Debug, thiserror::Error)]
@@ -52,16 +74,34 @@ pub enum AugmentError {
     },
 }
 
-/// One random view of `img`, written to `out` as `[channels, size, size]`.
+/// Output side and normalisation.
+struct Target<'a> {
+    size: usize,
+    mean: &'a [f32],
+    std: &'a [f32],
+}
+
+/// Buffers reused from image to image within one rayon task.
+#[derive(Debug, Default)]
+struct Scratch {
+    taps: Vec<Tap>,
+    blur: BlurScratch,
+}
+
+/// One random BYOL view of `img`, written to `out` as `[channels, size,
+/// size]` [BYOL, Grill et al. 2020, arXiv:2006.07733, Table 6].
 ///
-/// Order as the BYOL pipeline: random resized crop, flip, colour jitter (with
-/// probability `jitter_p`, its parts in random order), grayscale, blur,
-/// solarize, normalise.
+/// In order: random resized crop to `size × size`, horizontal flip, colour
+/// jitter, grayscale, gaussian blur, solarisation, each with the probability
+/// of `cfg`, then `(x - mean[c]) / std[c]`. `cfg` should have passed
+/// [`ViewConfig::validate`]. Every call draws the same random numbers
+/// whatever is applied, except that the crop takes up to 10 tries.
 ///
 /// # Panics
 ///
-/// When `out` is not `channels × size × size` long, or `mean`/`std` have
-/// neither 1 nor `channels` values (check with
+/// When `img` is empty or its pixels are not `height × width × channels`
+/// long, when `out` is not `channels × size × size` long, or when `mean`
+/// or `std` hold neither 1 nor `channels` values (check with
 /// [`AugmentConfig::check_channels`]).
 pub fn augment_view(
     img: ImageRef<'_>,
@@ -72,65 +112,168 @@ pub fn augment_view(
     rng: &mut impl Rng,
     out: &mut [f32],
 ) {
-    assert_eq!(out.len(), img.channels * size * size, "output should hold channels × size × size values");
-    let (top, left, h, w) = crop_window(rng, img.height, img.width, cfg);
-    let mut view = Planar::crop_resize(img, top, left, h, w, size);
-    // every draw is made whatever its outcome, so streams stay aligned
-    let flip = rng.random::<f32>() < cfg.flip_p;
-    let jitter = rng.random::<f32>() < cfg.jitter_p;
-    if flip {
-        view.flip_horizontal();
-    }
-    if jitter {
-        color_jitter(&mut view, cfg, rng);
-    }
-    if rng.random::<f32>() < cfg.grayscale_p {
-        view.grayscale();
-    }
-    let blur = rng.random::<f32>() < cfg.blur_p;
-    let sigma = uniform(rng, cfg.blur_sigma[0], cfg.blur_sigma[1]);
-    if blur {
-        view.blur(sigma, kernel_size(cfg, size));
-    }
-    if rng.random::<f32>() < cfg.solarize_p {
-        view.solarize(cfg.solarize_threshold);
-    }
-    view.normalize_into(mean, std, out);
+    let target = Target { size, mean, std };
+    augment_into(img, cfg, &target, rng, out, &mut Scratch::default());
 }
 
-/// Splitmix64 of (seed, index): independent streams for nearby inputs.
-fn mix(seed: u64, index: u64) -> u64 {
-    let mut z = seed ^ index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+fn augment_into(
+    img: ImageRef<'_>,
+    cfg: &ViewConfig,
+    target: &Target<'_>,
+    rng: &mut impl Rng,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    check_inputs(img, target, out);
+    let (size, c) = (target.size, img.channels);
+    // every random number first, in a fixed order
+    let window =
+        crop::random_crop_window(rng, img.height, img.width, cfg.crop_scale, cfg.crop_ratio);
+    let flip = coin(rng, cfg.flip_p);
+    let jitter_on = coin(rng, cfg.jitter_p);
+    let jitter = Jitter::draw(rng, cfg);
+    let gray = coin(rng, cfg.grayscale_p);
+    let blur_on = coin(rng, cfg.blur_p);
+    let sigma = uniform(rng, cfg.blur_sigma[0], cfg.blur_sigma[1]);
+    let solarize = coin(rng, cfg.solarize_p);
+
+    crop::resize_window(img, window, size, &mut scratch.taps, out);
+    if flip {
+        crop::flip_horizontal(out, size);
+    }
+    if jitter_on {
+        jitter.apply(out, c);
+    }
+    if gray {
+        color::to_grayscale(out, c);
+    }
+    if blur_on {
+        let k = blur::kernel_size(cfg.blur_kernel_size, size);
+        blur::blur(out, size, size, sigma, k, &mut scratch.blur);
+    }
+    if solarize {
+        color::solarize(out, cfg.solarize_threshold);
+    }
+    normalise(out, c, target.mean, target.std);
+}
+
+/// True with probability `p` (never for 0, always for 1); draws one number.
+fn coin(rng: &mut impl Rng, p: f32) -> bool {
+    rng.random::<f32>() < p
+}
+
+fn check_inputs(img: ImageRef<'_>, target: &Target<'_>, out: &[f32]) {
+    let c = img.channels;
+    assert!(
+        img.height > 0 && img.width > 0 && c > 0,
+        "the image should have rows, columns and channels"
+    );
+    assert_eq!(
+        img.pixels.len(),
+        img.height * img.width * c,
+        "the image should hold height × width × channels bytes"
+    );
+    assert_eq!(
+        out.len(),
+        c * target.size * target.size,
+        "the output should hold channels × size × size values"
+    );
+    for list in [target.mean, target.std] {
+        assert!(
+            list.len() == 1 || list.len() == c,
+            "mean and std should hold 1 value or one per channel ({c}), not {}",
+            list.len()
+        );
+    }
+}
+
+/// `(x - mean[c]) / std[c]` on every plane; one-value lists broadcast.
+fn normalise(data: &mut [f32], channels: usize, mean: &[f32], std: &[f32]) {
+    let plane = data.len() / channels;
+    if plane == 0 {
+        return;
+    }
+    for (c, values) in data.chunks_exact_mut(plane).enumerate() {
+        let m = mean[if mean.len() == 1 { 0 } else { c }];
+        let s = std[if std.len() == 1 { 0 } else { c }];
+        for v in values {
+            *v = (*v - m) / s;
+        }
+    }
+}
+
+/// splitmix64's output function of `x`: a bijection of `u64` that spreads
+/// nearby inputs apart.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
 
-/// One view of every image, `[batch, channels, size, size]` flattened, made
-/// in parallel; image `i` draws from a stream seeded by `(seed, i)`.
+/// Seed of image `index` of a batch drawn with `seed`; distinct indices give
+/// distinct seeds (a bijection of the index for a fixed batch seed).
+fn image_seed(seed: u64, index: u64) -> u64 {
+    splitmix64(splitmix64(seed) ^ index)
+}
+
+/// Batch seeds of the two views of [`two_views`], in their own domain.
+fn view_seeds(seed: u64) -> (u64, u64) {
+    const VIEWS: u64 = 0x5649_4557_535f_4259; // "VIEWS_BY"
+    let base = splitmix64(seed ^ VIEWS);
+    (splitmix64(base ^ 1), splitmix64(base ^ 2))
+}
+
+/// One random view of every image, `[batch, channels, size, size]`
+/// flattened, made in parallel with rayon. Image `i` draws from its own
+/// ChaCha8 stream seeded from `(seed, i)`, so the result depends on `seed`
+/// and the images only, never on the thread count. Images may differ in
+/// size but not in channel count.
+///
+/// See [`augment_view`]; [BYOL, Grill et al. 2020, arXiv:2006.07733,
+/// Table 6].
 ///
 /// # Panics
 ///
 /// When the images differ in channel count, or as [`augment_view`].
-pub fn augment_batch(images: &[ImageRef<'_>], cfg: &ViewConfig, size: usize, mean: &[f32], std: &[f32], seed: u64) -> Vec<f32> {
+pub fn augment_batch(
+    images: &[ImageRef<'_>],
+    cfg: &ViewConfig,
+    size: usize,
+    mean: &[f32],
+    std: &[f32],
+    seed: u64,
+) -> Vec<f32> {
     let Some(first) = images.first() else {
         return Vec::new();
     };
     let per_image = first.channels * size * size;
     let mut out = vec![0f32; images.len() * per_image];
+    if per_image == 0 {
+        return out;
+    }
+    let target = Target { size, mean, std };
     out.par_chunks_mut(per_image)
         .zip(images.par_iter())
         .enumerate()
-        .for_each(|(i, (dst, img))| {
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, i as u64));
-            augment_view(*img, cfg, size, mean, std, &mut rng, dst);
+        .for_each_init(Scratch::default, |scratch, (i, (dst, img))| {
+            let mut rng = ChaCha8Rng::seed_from_u64(image_seed(seed, i as u64));
+            augment_into(*img, cfg, &target, &mut rng, dst, scratch);
         });
     out
 }
 
-/// The two BYOL views of a batch, from independent streams.
+/// The two BYOL views of a batch, `(view1, view2)`, each
+/// `[batch, channels, size, size]`: [`augment_batch`] with `cfg.view1` and
+/// `cfg.view2` and two seeds derived from `seed`
+/// [BYOL, Grill et al. 2020, arXiv:2006.07733, §3.3].
+///
+/// # Panics
+///
+/// As [`augment_batch`]; run [`AugmentConfig::validate`] and
+/// [`AugmentConfig::check_channels`] first.
 pub fn two_views(images: &[ImageRef<'_>], cfg: &AugmentConfig, seed: u64) -> (Vec<f32>, Vec<f32>) {
-    let (s1, s2) = (mix(seed, u64::MAX - 1), mix(seed, u64::MAX - 2));
+    let (s1, s2) = view_seeds(seed);
     rayon::join(
         || augment_batch(images, &cfg.view1, cfg.size, &cfg.mean, &cfg.std, s1),
         || augment_batch(images, &cfg.view2, cfg.size, &cfg.mean, &cfg.std, s2),
@@ -138,27 +281,55 @@ pub fn two_views(images: &[ImageRef<'_>], cfg: &AugmentConfig, seed: u64) -> (Ve
 }
 
 /// The deterministic evaluation transform: the whole image resized
-/// (bilinear) to `size × size`, then normalised; written to `out` as
+/// bilinearly to `size × size` (exactly the pixels when it already has that
+/// size), then `(x - mean[c]) / std[c]`, written to `out` as
 /// `[channels, size, size]`.
 ///
 /// # Panics
 ///
 /// As [`augment_view`].
 pub fn eval_transform(img: ImageRef<'_>, size: usize, mean: &[f32], std: &[f32], out: &mut [f32]) {
-    assert_eq!(out.len(), img.channels * size * size, "output should hold channels × size × size values");
-    Planar::crop_resize(img, 0, 0, img.height, img.width, size).normalize_into(mean, std, out);
+    eval_into(img, &Target { size, mean, std }, out, &mut Vec::new());
 }
 
-/// [`eval_transform`] of every image, `[batch, channels, size, size]`.
+fn eval_into(img: ImageRef<'_>, target: &Target<'_>, out: &mut [f32], taps: &mut Vec<Tap>) {
+    check_inputs(img, target, out);
+    let (size, c) = (target.size, img.channels);
+    if img.height == size && img.width == size {
+        let plane = size * size;
+        for (i, px) in img.pixels.chunks_exact(c).enumerate() {
+            for (ch, &v) in px.iter().enumerate() {
+                out[ch * plane + i] = f32::from(v) / 255.0;
+            }
+        }
+    } else {
+        let full = Window::full(img.height, img.width);
+        crop::resize_window(img, full, size, taps, out);
+    }
+    normalise(out, c, target.mean, target.std);
+}
+
+/// [`eval_transform`] of every image, `[batch, channels, size, size]`
+/// flattened, in parallel with rayon.
+///
+/// # Panics
+///
+/// When the images differ in channel count, or as [`augment_view`].
 pub fn eval_batch(images: &[ImageRef<'_>], size: usize, mean: &[f32], std: &[f32]) -> Vec<f32> {
     let Some(first) = images.first() else {
         return Vec::new();
     };
     let per_image = first.channels * size * size;
     let mut out = vec![0f32; images.len() * per_image];
+    if per_image == 0 {
+        return out;
+    }
+    let target = Target { size, mean, std };
     out.par_chunks_mut(per_image)
         .zip(images.par_iter())
-        .for_each(|(dst, img)| eval_transform(*img, size, mean, std, dst));
+        .for_each_init(Vec::new, |taps, (dst, img)| {
+            eval_into(*img, &target, dst, taps)
+        });
     out
 }
 
@@ -167,18 +338,25 @@ mod tests {
     use super::*;
 
     /// A deterministic test image with structure in every channel.
-    fn image(h: usize, w: usize, c: usize) -> Vec<u8> {
-        (0..h * w * c).map(|i| ((i * 37 + (i / w) * 11) % 256) as u8).collect()
+    fn pattern(h: usize, w: usize, c: usize) -> Vec<u8> {
+        (0..h * w * c)
+            .map(|i| ((i * 37 + (i / (w * c)) * 11) % 256) as u8)
+            .collect()
     }
 
     fn img(p: &[u8], h: usize, w: usize, c: usize) -> ImageRef<'_> {
-        ImageRef { pixels: p, height: h, width: w, channels: c }
+        ImageRef {
+            pixels: p,
+            height: h,
+            width: w,
+            channels: c,
+        }
     }
 
-    /// Everything off but the crop, which takes the whole image.
+    /// Everything off and a crop of the whole (square) image.
     fn identity() -> ViewConfig {
         ViewConfig {
-            crop_scale: [0.999, 1.0],
+            crop_scale: [1.0, 1.0],
             crop_ratio: [1.0, 1.0],
             flip_p: 0.0,
             jitter_p: 0.0,
@@ -189,168 +367,436 @@ mod tests {
         }
     }
 
-    #[test]
-    fn output_shape_follows_channels_and_size() {
-        for (c, size) in [(1, 28), (3, 28), (1, 32), (3, 16)] {
-            let p = image(28, 28, c);
-            let refs = [img(&p, 28, 28, c); 3];
-            for view in [ViewConfig::view1(), ViewConfig::view2()] {
-                assert_eq!(augment_batch(&refs, &view, size, &[0.5], &[0.5], 1).len(), 3 * c * size * size);
-            }
-            assert_eq!(eval_batch(&refs, size, &[0.5], &[0.5]).len(), 3 * c * size * size);
+    /// Everything on, with wide ranges.
+    fn everything() -> ViewConfig {
+        ViewConfig {
+            flip_p: 1.0,
+            jitter_p: 1.0,
+            brightness: 2.0,
+            contrast: 2.0,
+            saturation: 2.0,
+            hue: 0.5,
+            grayscale_p: 0.5,
+            blur_p: 1.0,
+            solarize_p: 1.0,
+            solarize_threshold: 0.3,
+            ..ViewConfig::view1()
         }
     }
 
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    fn unit(p: &[u8]) -> Vec<f32> {
+        p.iter().map(|&v| f32::from(v) / 255.0).collect()
+    }
+
+    /// HWC bytes as CHW values in [0, 1].
+    fn planar(p: &[u8], c: usize) -> Vec<f32> {
+        (0..c)
+            .flat_map(|ch| unit(p).into_iter().skip(ch).step_by(c))
+            .collect()
+    }
+
     #[test]
-    fn values_stay_in_unit_range_before_normalisation() {
+    fn output_shape_is_batch_channels_size_size() {
         for c in [1, 3] {
-            let p = image(28, 28, c);
+            for (h, w, size) in [(28, 28, 28), (28, 28, 32), (28, 28, 16), (20, 30, 28)] {
+                let p = pattern(h, w, c);
+                let refs = [img(&p, h, w, c); 3];
+                let expected = 3 * c * size * size;
+                for view in [ViewConfig::view1(), ViewConfig::view2(), everything()] {
+                    let out = augment_batch(&refs, &view, size, &[0.5], &[0.5], 1);
+                    assert_eq!(out.len(), expected, "{c} channels, {h}×{w} → {size}");
+                    assert!(out.iter().all(|v| v.is_finite()));
+                }
+                assert_eq!(eval_batch(&refs, size, &[0.5], &[0.5]).len(), expected);
+                let cfg = AugmentConfig {
+                    size,
+                    ..AugmentConfig::default()
+                };
+                let (v1, v2) = two_views(&refs, &cfg, 0);
+                assert_eq!((v1.len(), v2.len()), (expected, expected));
+            }
+        }
+        assert!(augment_batch(&[], &ViewConfig::view1(), 28, &[0.5], &[0.5], 0).is_empty());
+        assert!(eval_batch(&[], 28, &[0.5], &[0.5]).is_empty());
+    }
+
+    #[test]
+    fn images_of_different_sizes_share_a_batch() {
+        let (a, b) = (pattern(28, 28, 1), pattern(40, 17, 1));
+        let refs = [img(&a, 28, 28, 1), img(&b, 40, 17, 1)];
+        assert_eq!(
+            augment_batch(&refs, &everything(), 24, &[0.0], &[1.0], 5).len(),
+            2 * 24 * 24
+        );
+    }
+
+    #[test]
+    fn values_stay_in_unit_range_with_mean_0_and_std_1() {
+        for c in [1, 3] {
+            let p = pattern(28, 28, c);
             let refs = [img(&p, 28, 28, c); 8];
-            for seed in 0..20 {
-                for view in [ViewConfig::view1(), ViewConfig::view2()] {
+            for seed in 0..40 {
+                for view in [ViewConfig::view1(), ViewConfig::view2(), everything()] {
                     let out = augment_batch(&refs, &view, 28, &[0.0], &[1.0], seed);
-                    assert!(out.iter().all(|v| (0.0..=1.0).contains(v)), "seed {seed}, {c} channels");
+                    let bad = out.iter().find(|v| !(0.0..=1.0).contains(*v));
+                    assert!(bad.is_none(), "seed {seed}, {c} channels: {bad:?}");
                 }
             }
         }
     }
 
     #[test]
-    fn same_seed_same_batch_other_seed_other_batch() {
-        let p = image(28, 28, 3);
+    fn same_seed_gives_a_bitwise_identical_batch_and_another_seed_does_not() {
+        let p = pattern(28, 28, 3);
         let refs = [img(&p, 28, 28, 3); 4];
         let cfg = AugmentConfig::default();
-        assert_eq!(two_views(&refs, &cfg, 5), two_views(&refs, &cfg, 5));
-        assert_ne!(two_views(&refs, &cfg, 5).0, two_views(&refs, &cfg, 6).0);
+        let (a1, a2) = two_views(&refs, &cfg, 5);
+        let (b1, b2) = two_views(&refs, &cfg, 5);
+        assert_eq!((bits(&a1), bits(&a2)), (bits(&b1), bits(&b2)));
+        let (c1, c2) = two_views(&refs, &cfg, 6);
+        assert_ne!(bits(&a1), bits(&c1));
+        assert_ne!(bits(&a2), bits(&c2));
+        let view = ViewConfig::view1();
+        let x = augment_batch(&refs, &view, 28, &[0.5], &[0.5], 11);
+        let y = augment_batch(&refs, &view, 28, &[0.5], &[0.5], 11);
+        let z = augment_batch(&refs, &view, 28, &[0.5], &[0.5], 12);
+        assert_eq!(bits(&x), bits(&y));
+        assert_ne!(bits(&x), bits(&z));
     }
 
     #[test]
-    fn images_in_a_batch_get_different_parameters() {
-        let p = image(28, 28, 1);
-        let refs = [img(&p, 28, 28, 1); 8];
-        let out = augment_batch(&refs, &ViewConfig::view1(), 28, &[0.5], &[0.5], 3);
-        let views: Vec<&[f32]> = out.chunks_exact(28 * 28).collect();
-        for i in 0..views.len() {
-            for j in i + 1..views.len() {
-                assert_ne!(views[i], views[j], "views {i} and {j} are identical");
+    fn eight_copies_of_one_image_get_eight_different_views() {
+        for c in [1, 3] {
+            let p = pattern(28, 28, c);
+            let refs = [img(&p, 28, 28, c); 8];
+            for view in [ViewConfig::view1(), ViewConfig::view2()] {
+                let out = augment_batch(&refs, &view, 28, &[0.5], &[0.5], 3);
+                let views: Vec<&[f32]> = out.chunks_exact(c * 28 * 28).collect();
+                for i in 0..views.len() {
+                    for j in i + 1..views.len() {
+                        assert_ne!(views[i], views[j], "views {i} and {j} are identical");
+                    }
+                }
             }
         }
     }
 
     #[test]
-    fn result_does_not_depend_on_thread_count() {
-        let p = image(28, 28, 3);
-        let refs = [img(&p, 28, 28, 3); 16];
+    fn per_image_seeds_are_distinct_and_views_use_other_seeds() {
+        let mut seeds: Vec<u64> = (0..10_000).map(|i| image_seed(7, i)).collect();
+        let (s1, s2) = view_seeds(7);
+        seeds.extend([s1, s2]);
+        seeds.sort_unstable();
+        seeds.dedup();
+        assert_eq!(seeds.len(), 10_002);
+    }
+
+    #[test]
+    fn thread_count_does_not_change_the_result() {
+        let p = pattern(28, 28, 3);
+        let refs = [img(&p, 28, 28, 3); 33];
+        let cfg = AugmentConfig::default();
         let run = |threads| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
-                .expect("thread pool")
-                .install(|| two_views(&refs, &AugmentConfig::default(), 9))
+                .expect("a thread pool should build")
+                .install(|| {
+                    let (v1, v2) = two_views(&refs, &cfg, 9);
+                    let e = eval_batch(&refs, 32, &[0.5], &[0.5]);
+                    (bits(&v1), bits(&v2), bits(&e))
+                })
         };
-        assert_eq!(run(1), run(2));
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
     }
 
     #[test]
-    fn identity_settings_reproduce_the_image_and_flip_mirrors_it() {
-        let p = image(28, 28, 1);
-        let refs = [img(&p, 28, 28, 1)];
-        let out = augment_batch(&refs, &identity(), 28, &[0.0], &[1.0], 0);
-        let expected: Vec<f32> = p.iter().map(|&v| f32::from(v) / 255.0).collect();
-        assert!(out.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-6));
-        let flipped = augment_batch(&refs, &ViewConfig { flip_p: 1.0, ..identity() }, 28, &[0.0], &[1.0], 0);
-        for y in 0..28 {
-            for x in 0..28 {
-                assert!((flipped[y * 28 + x] - expected[y * 28 + 27 - x]).abs() < 1e-6);
+    fn two_views_are_batches_of_view1_and_view2_with_their_own_seeds() {
+        let p = pattern(28, 28, 1);
+        let refs = [img(&p, 28, 28, 1); 4];
+        let cfg = AugmentConfig::default();
+        let (v1, v2) = two_views(&refs, &cfg, 21);
+        let (s1, s2) = view_seeds(21);
+        assert_eq!(
+            v1,
+            augment_batch(&refs, &cfg.view1, 28, &cfg.mean, &cfg.std, s1)
+        );
+        assert_eq!(
+            v2,
+            augment_batch(&refs, &cfg.view2, 28, &cfg.mean, &cfg.std, s2)
+        );
+        assert_ne!(v1, v2);
+    }
+
+    #[test]
+    fn every_probability_zero_with_a_full_crop_is_the_identity_up_to_normalisation() {
+        for c in [1, 3] {
+            let p = pattern(28, 28, c);
+            let refs = [img(&p, 28, 28, c); 2];
+            let expected = planar(&p, c);
+            for seed in 0..5 {
+                let out = augment_batch(&refs, &identity(), 28, &[0.0], &[1.0], seed);
+                assert_eq!(&out[..expected.len()], expected.as_slice());
+                assert_eq!(&out[expected.len()..], expected.as_slice());
+            }
+            let out = augment_batch(&refs[..1], &identity(), 28, &[0.25], &[0.5], 0);
+            let norm: Vec<f32> = expected.iter().map(|v| (v - 0.25) / 0.5).collect();
+            assert_eq!(out, norm);
+        }
+    }
+
+    #[test]
+    fn flip_p_one_mirrors_the_image_exactly() {
+        let p = pattern(28, 28, 3);
+        let plain = planar(&p, 3);
+        let cfg = ViewConfig {
+            flip_p: 1.0,
+            ..identity()
+        };
+        let out = augment_batch(&[img(&p, 28, 28, 3)], &cfg, 28, &[0.0], &[1.0], 0);
+        for c in 0..3 {
+            for y in 0..28 {
+                for x in 0..28 {
+                    let i = c * 784 + y * 28;
+                    assert_eq!(out[i + x], plain[i + 27 - x], "({c}, {y}, {x})");
+                }
             }
         }
     }
 
     #[test]
-    fn normalisation_uses_mean_and_std_per_channel() {
-        let p = image(4, 4, 3);
-        let mut out = vec![0f32; 3 * 16];
-        eval_transform(img(&p, 4, 4, 3), 4, &[0.1, 0.2, 0.3], &[0.5, 0.25, 2.0], &mut out);
-        for ch in 0..3 {
-            let raw = f32::from(p[ch]) / 255.0; // pixel (0, 0), channel ch
-            let expected = (raw - [0.1, 0.2, 0.3][ch]) / [0.5, 0.25, 2.0][ch];
-            assert!((out[ch * 16] - expected).abs() < 1e-6);
+    fn solarize_p_one_inverts_values_at_or_above_the_threshold_only() {
+        let p: Vec<u8> = vec![0, 64, 127, 128, 191, 255];
+        let cfg = ViewConfig {
+            solarize_p: 1.0,
+            crop_ratio: [1.5, 1.5],
+            ..identity()
+        };
+        let out = augment_batch(&[img(&p, 2, 3, 1)], &cfg, 2, &[0.0], &[1.0], 0);
+        assert_eq!(out.len(), 4);
+        // the 2×3 image cropped whole (ratio 1.5) and resized to 2×2 mixes
+        // pixels: compare with solarising the unsolarised view
+        let plain = augment_batch(
+            &[img(&p, 2, 3, 1)],
+            &ViewConfig {
+                solarize_p: 0.0,
+                ..cfg.clone()
+            },
+            2,
+            &[0.0],
+            &[1.0],
+            0,
+        );
+        for (s, v) in out.iter().zip(&plain) {
+            let expected = if *v >= 0.5 { 1.0 - v } else { *v };
+            assert_eq!(*s, expected);
         }
+        assert!(plain.iter().any(|v| *v >= 0.5) && plain.iter().any(|v| *v < 0.5));
+        // and on a square image, pixel by pixel
+        let out = augment_batch(
+            &[img(&p[..4], 2, 2, 1)],
+            &ViewConfig {
+                solarize_p: 1.0,
+                ..identity()
+            },
+            2,
+            &[0.0],
+            &[1.0],
+            0,
+        );
+        let expected = [0.0, 64.0 / 255.0, 127.0 / 255.0, 1.0 - 128.0 / 255.0];
+        assert_eq!(out, expected);
     }
 
     #[test]
-    fn solarize_inverts_bright_pixels_only() {
-        let p: Vec<u8> = vec![0, 64, 191, 255];
-        let refs = [img(&p, 2, 2, 1)];
-        let cfg = ViewConfig { solarize_p: 1.0, ..identity() };
-        let out = augment_batch(&refs, &cfg, 2, &[0.0], &[1.0], 0);
-        let expected = [0.0, 64.0 / 255.0, 1.0 - 191.0 / 255.0, 0.0];
-        assert!(out.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6), "{out:?}");
+    fn grayscale_p_one_makes_the_three_channels_equal() {
+        let p = pattern(8, 8, 3);
+        let plain = planar(&p, 3);
+        assert_ne!(
+            plain[..64],
+            plain[64..128],
+            "the test image should have colour"
+        );
+        let cfg = ViewConfig {
+            grayscale_p: 1.0,
+            ..identity()
+        };
+        let out = augment_batch(&[img(&p, 8, 8, 3)], &cfg, 8, &[0.0], &[1.0], 0);
+        assert_eq!(out[..64], out[64..128]);
+        assert_eq!(out[64..128], out[128..]);
+        let l = 0.299 * plain[0] + 0.587 * plain[64] + 0.114 * plain[128];
+        assert!((out[0] - l).abs() < 1e-6);
     }
 
     #[test]
-    fn grayscale_makes_channels_equal() {
-        let p = image(8, 8, 3);
-        let refs = [img(&p, 8, 8, 3)];
-        let out = augment_batch(&refs, &ViewConfig { grayscale_p: 1.0, ..identity() }, 8, &[0.0], &[1.0], 0);
-        let (r, rest) = out.split_at(64);
-        let (g, b) = rest.split_at(64);
-        assert_eq!(r, g);
-        assert_eq!(g, b);
-        assert_ne!(image(8, 8, 3)[0], image(8, 8, 3)[1], "test image should have colour");
-    }
-
-    #[test]
-    fn blur_smooths_a_checkerboard_and_keeps_a_constant_image() {
-        let board: Vec<u8> = (0..16 * 16).map(|i| if (i % 16 + i / 16) % 2 == 0 { 0 } else { 255 }).collect();
-        let cfg = ViewConfig { blur_p: 1.0, blur_sigma: [1.0, 1.0], ..identity() };
+    fn blur_p_one_smooths_a_checkerboard_and_keeps_a_constant_image() {
+        let board: Vec<u8> = (0..16 * 16)
+            .map(|i| if (i % 16 + i / 16) % 2 == 0 { 0 } else { 255 })
+            .collect();
+        let cfg = ViewConfig {
+            blur_p: 1.0,
+            blur_sigma: [0.5, 2.0],
+            ..identity()
+        };
         let var = |v: &[f32]| {
             let m = v.iter().sum::<f32>() / v.len() as f32;
             v.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / v.len() as f32
         };
-        let raw = augment_batch(&[img(&board, 16, 16, 1)], &identity(), 16, &[0.0], &[1.0], 0);
-        let blurred = augment_batch(&[img(&board, 16, 16, 1)], &cfg, 16, &[0.0], &[1.0], 0);
-        assert!(var(&blurred) < 0.2 * var(&raw), "{} vs {}", var(&blurred), var(&raw));
-        let flat = vec![100u8; 256];
-        let out = augment_batch(&[img(&flat, 16, 16, 1)], &cfg, 16, &[0.0], &[1.0], 0);
-        assert!(out.iter().all(|v| (v - 100.0 / 255.0).abs() < 1e-5));
-    }
-
-    #[test]
-    fn jitter_on_one_channel_changes_intensity_only() {
-        let p = image(28, 28, 1);
-        let cfg = ViewConfig { jitter_p: 1.0, ..identity() };
-        let out = augment_batch(&[img(&p, 28, 28, 1)], &cfg, 28, &[0.0], &[1.0], 4);
-        let plain = augment_batch(&[img(&p, 28, 28, 1)], &identity(), 28, &[0.0], &[1.0], 4);
-        assert_ne!(out, plain, "brightness/contrast should act on grayscale");
-    }
-
-    #[test]
-    fn validate_names_bad_keys() {
-        let cases = [
-            (ViewConfig { crop_scale: [0.5, 0.5], ..ViewConfig::view1() }, "augment.view1.crop_scale"),
-            (ViewConfig { flip_p: 1.5, ..ViewConfig::view1() }, "augment.view1.flip_p"),
-            (ViewConfig { brightness: -0.1, ..ViewConfig::view1() }, "augment.view1.brightness"),
-            (ViewConfig { blur_kernel_size: 4, ..ViewConfig::view1() }, "augment.view1.blur_kernel_size"),
-        ];
-        for (view, key) in cases {
-            let cfg = AugmentConfig { view1: view, ..AugmentConfig::default() };
-            let err = cfg.validate("augment").expect_err(key);
-            assert!(err.to_string().contains(key), "{err}");
+        let raw = augment_batch(
+            &[img(&board, 16, 16, 1)],
+            &identity(),
+            16,
+            &[0.0],
+            &[1.0],
+            0,
+        );
+        for seed in 0..5 {
+            let blurred = augment_batch(&[img(&board, 16, 16, 1)], &cfg, 16, &[0.0], &[1.0], seed);
+            assert!(
+                var(&blurred) < 0.5 * var(&raw),
+                "{} vs {}",
+                var(&blurred),
+                var(&raw)
+            );
         }
-        AugmentConfig::default().validate("augment").expect("defaults are valid");
-        let two_means = AugmentConfig { mean: vec![0.5, 0.5], std: vec![0.5, 0.5], ..AugmentConfig::default() };
-        assert!(two_means.check_channels(1).is_err());
-        assert!(two_means.check_channels(2).is_ok());
+        let flat = vec![100u8; 16 * 16 * 3];
+        for seed in 0..5 {
+            let out = augment_batch(&[img(&flat, 16, 16, 3)], &cfg, 16, &[0.0], &[1.0], seed);
+            assert!(out.iter().all(|v| (v - 100.0 / 255.0).abs() < 1e-5));
+        }
     }
 
     #[test]
-    fn default_views_follow_the_paper() {
-        let (v1, v2) = (ViewConfig::view1(), ViewConfig::view2());
-        assert_eq!((v1.blur_p, v2.blur_p), (1.0, 0.1));
-        assert_eq!((v1.solarize_p, v2.solarize_p), (0.0, 0.2));
-        assert_eq!((v1.jitter_p, v1.grayscale_p, v1.flip_p), (0.8, 0.2, 0.5));
-        assert_eq!(kernel_size(&v1, 224), 23);
-        assert_eq!(kernel_size(&v1, 28), 3);
+    fn one_channel_ignores_saturation_hue_and_grayscale_but_not_brightness() {
+        let p = pattern(28, 28, 1);
+        let refs = [img(&p, 28, 28, 1); 4];
+        let colour_only = ViewConfig {
+            jitter_p: 1.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 1.0,
+            hue: 0.5,
+            grayscale_p: 1.0,
+            ..identity()
+        };
+        let plain = augment_batch(&refs, &identity(), 28, &[0.0], &[1.0], 4);
+        assert_eq!(
+            augment_batch(&refs, &colour_only, 28, &[0.0], &[1.0], 4),
+            plain
+        );
+        let bright = ViewConfig {
+            brightness: 0.4,
+            ..colour_only
+        };
+        assert_ne!(augment_batch(&refs, &bright, 28, &[0.0], &[1.0], 4), plain);
+        // on RGB the colour parts do act
+        let p3 = pattern(28, 28, 3);
+        let refs3 = [img(&p3, 28, 28, 3); 4];
+        let plain3 = augment_batch(&refs3, &identity(), 28, &[0.0], &[1.0], 4);
+        let colour_only = ViewConfig {
+            grayscale_p: 0.0,
+            ..bright
+        };
+        assert_ne!(
+            augment_batch(&refs3, &colour_only, 28, &[0.0], &[1.0], 4),
+            plain3
+        );
+    }
+
+    #[test]
+    fn applying_an_operation_or_not_leaves_the_random_stream_in_step() {
+        // neutral jitter and grayscale on one channel change nothing, so
+        // crops and flips must be the same whether they are "applied" or not
+        let p = pattern(28, 28, 1);
+        let refs = [img(&p, 28, 28, 1); 8];
+        let base = ViewConfig {
+            jitter_p: 0.0,
+            grayscale_p: 0.0,
+            blur_p: 0.0,
+            solarize_p: 0.0,
+            ..ViewConfig::view1()
+        };
+        let toggled = ViewConfig {
+            jitter_p: 1.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            grayscale_p: 1.0,
+            ..base.clone()
+        };
+        let a = augment_batch(&refs, &base, 28, &[0.0], &[1.0], 2);
+        assert_eq!(a, augment_batch(&refs, &toggled, 28, &[0.0], &[1.0], 2));
+    }
+
+    #[test]
+    fn a_gray_rgb_image_gets_the_same_views_as_its_one_channel_version() {
+        // same random numbers whatever the channel count: the colour parts
+        // change nothing on gray pixels, so every channel matches
+        let gray = pattern(28, 28, 1);
+        let rgb: Vec<u8> = gray.iter().flat_map(|&v| [v, v, v]).collect();
+        for view in [ViewConfig::view1(), ViewConfig::view2()] {
+            let one = augment_batch(&[img(&gray, 28, 28, 1); 16], &view, 28, &[0.0], &[1.0], 8);
+            let three = augment_batch(&[img(&rgb, 28, 28, 3); 16], &view, 28, &[0.0], &[1.0], 8);
+            for (i, plane) in three.chunks_exact(784).enumerate() {
+                let (image, expected) = (i / 3, &one[(i / 3) * 784..(i / 3 + 1) * 784]);
+                let worst = plane
+                    .iter()
+                    .zip(expected)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(worst < 1e-4, "image {image}, channel {}: {worst}", i % 3);
+            }
+        }
+    }
+
+    #[test]
+    fn eval_transform_is_exact_at_the_same_size_and_normalises_per_channel() {
+        let p = pattern(4, 4, 3);
+        let mut out = vec![0f32; 3 * 16];
+        let (mean, std) = ([0.1, 0.2, 0.3], [0.5, 0.25, 2.0]);
+        eval_transform(img(&p, 4, 4, 3), 4, &mean, &std, &mut out);
+        let plain = planar(&p, 3);
+        for (i, (o, v)) in out.iter().zip(&plain).enumerate() {
+            assert_eq!(*o, (v - mean[i / 16]) / std[i / 16], "{i}");
+        }
+        // resized: the same as a full-window bilinear crop of the view pipeline
+        let q = pattern(28, 28, 1);
+        let mut resized = vec![0f32; 32 * 32];
+        eval_transform(img(&q, 28, 28, 1), 32, &[0.0], &[1.0], &mut resized);
+        let view = augment_batch(&[img(&q, 28, 28, 1)], &identity(), 32, &[0.0], &[1.0], 0);
+        assert_eq!(resized, view);
+        let batch = eval_batch(&[img(&q, 28, 28, 1); 2], 32, &[0.0], &[1.0]);
+        assert_eq!(batch[..1024], resized[..]);
+        assert_eq!(batch[1024..], resized[..]);
+    }
+
+    #[test]
+    #[should_panic(expected = "channels × size × size")]
+    fn a_wrongly_sized_output_panics() {
+        let p = pattern(28, 28, 1);
+        let mut out = vec![0f32; 10];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        augment_view(
+            img(&p, 28, 28, 1),
+            &ViewConfig::view1(),
+            28,
+            &[0.5],
+            &[0.5],
+            &mut rng,
+            &mut out,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "one per channel")]
+    fn mismatched_normalisation_lists_panic() {
+        let p = pattern(8, 8, 1);
+        let mut out = vec![0f32; 64];
+        eval_transform(img(&p, 8, 8, 1), 8, &[0.5, 0.5], &[0.5, 0.5], &mut out);
     }
 }

@@ -56,13 +56,12 @@ impl IdxDataset {
     /// [`DataError::CountMismatch`] when the two files disagree.
     pub fn load_dir(dir: impl AsRef<Path>, split: Split) -> Result<Self, DataError> {
         let dir = dir.as_ref();
-        let images_path = find(dir, split.prefix(), "images-idx3-ubyte").ok_or_else(|| {
-            DataError::Missing {
+        let images_path =
+            find(dir, split.prefix(), "images-idx3-ubyte").ok_or_else(|| DataError::Missing {
                 dir: dir.to_path_buf(),
                 what: "IDX images",
                 candidates: candidates(split.prefix(), "images-idx3-ubyte"),
-            }
-        })?;
+            })?;
         let images = read_idx_images(&images_path)?;
         let labels = match find(dir, split.prefix(), "labels-idx1-ubyte") {
             Some(labels_path) => {
@@ -96,10 +95,7 @@ impl IdxDataset {
     /// The first `n` images and labels.
     pub fn take(&self, n: usize) -> Self {
         let images = self.images.take(n);
-        let labels = self
-            .labels
-            .as_ref()
-            .map(|l| l[..images.len()].to_vec());
+        let labels = self.labels.as_ref().map(|l| l[..images.len()].to_vec());
         Self { images, labels }
     }
 }
@@ -152,7 +148,11 @@ pub fn read_idx_labels(path: impl AsRef<Path>) -> Result<Vec<u8>, DataError> {
     Ok(labels)
 }
 
-fn read_idx(path: &Path, magic: u32, what: &'static str) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+fn read_idx(
+    path: &Path,
+    magic: u32,
+    what: &'static str,
+) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -177,7 +177,8 @@ fn parse_idx(
 ) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let ndim = (magic & 0xff) as usize;
     let header_len = 4 + 4 * ndim;
-    let be_u32 = |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let be_u32 =
+        |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     if bytes.len() < 4 {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
@@ -204,7 +205,7 @@ fn parse_idx(
         });
     }
     let dims: Vec<usize> = (0..ndim).map(|d| be_u32(4 + 4 * d) as usize).collect();
-    if ndim > 1 && dims[1..].iter().any(|&d| d == 0) {
+    if ndim > 1 && dims[1..].contains(&0) {
         return Err(DataError::BadHeader {
             path: path.to_path_buf(),
             reason: format!("zero-sized image dimension in {dims:?}"),
@@ -267,11 +268,22 @@ mod tests {
     fn reads_images_and_labels_gzipped_and_raw() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pixels: Vec<u8> = (0..2 * 3 * 4).map(|v| v as u8).collect();
-        write(dir.path(), "train-images-idx3-ubyte.gz", &idx_bytes(IMAGES_MAGIC, &[2, 3, 4], &pixels));
-        write(dir.path(), "train-labels-idx1-ubyte", &idx_bytes(LABELS_MAGIC, &[2], &[7, 9]));
+        write(
+            dir.path(),
+            "train-images-idx3-ubyte.gz",
+            &idx_bytes(IMAGES_MAGIC, &[2, 3, 4], &pixels),
+        );
+        write(
+            dir.path(),
+            "train-labels-idx1-ubyte",
+            &idx_bytes(LABELS_MAGIC, &[2], &[7, 9]),
+        );
         let ds = IdxDataset::load_dir(dir.path(), Split::Train).expect("valid files should load");
         assert_eq!(ds.len(), 2);
-        assert_eq!((ds.images.height, ds.images.width, ds.images.channels), (3, 4, 1));
+        assert_eq!(
+            (ds.images.height, ds.images.width, ds.images.channels),
+            (3, 4, 1)
+        );
         assert_eq!(ds.images.image(1).pixels, &pixels[12..24]);
         assert_eq!(ds.labels, Some(vec![7, 9]));
     }
@@ -279,7 +291,11 @@ mod tests {
     #[test]
     fn labels_are_optional() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "t10k-images-idx3-ubyte", &idx_bytes(IMAGES_MAGIC, &[1, 2, 2], &[1, 2, 3, 4]));
+        write(
+            dir.path(),
+            "t10k-images-idx3-ubyte",
+            &idx_bytes(IMAGES_MAGIC, &[1, 2, 2], &[1, 2, 3, 4]),
+        );
         let ds = IdxDataset::load_dir(dir.path(), Split::Test).expect("images alone should load");
         assert_eq!(ds.labels, None);
         assert_eq!(ds.len(), 1);
@@ -290,7 +306,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = write(dir.path(), "x.idx", &idx_bytes(LABELS_MAGIC, &[1], &[0]));
         let err = read_idx_images(&path).expect_err("labels magic is not images magic");
-        assert!(matches!(err, DataError::BadMagic { found: LABELS_MAGIC, expected: IMAGES_MAGIC, .. }));
+        assert!(matches!(
+            err,
+            DataError::BadMagic {
+                found: LABELS_MAGIC,
+                expected: IMAGES_MAGIC,
+                ..
+            }
+        ));
         let msg = err.to_string();
         assert!(msg.contains("x.idx") && msg.contains("0x00000803"), "{msg}");
     }
@@ -298,9 +321,17 @@ mod tests {
     #[test]
     fn truncated_data_is_reported_with_sizes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = write(dir.path(), "t.gz", &idx_bytes(IMAGES_MAGIC, &[2, 2, 2], &[0; 5]));
+        let path = write(
+            dir.path(),
+            "t.gz",
+            &idx_bytes(IMAGES_MAGIC, &[2, 2, 2], &[0; 5]),
+        );
         match read_idx_images(&path) {
-            Err(DataError::Truncated { expected: 8, found: 5, path: p }) => assert_eq!(p, path),
+            Err(DataError::Truncated {
+                expected: 8,
+                found: 5,
+                path: p,
+            }) => assert_eq!(p, path),
             other => panic!("expected Truncated, got {other:?}"),
         }
     }
@@ -320,25 +351,49 @@ mod tests {
     fn trailing_bytes_are_rejected() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = write(dir.path(), "l", &idx_bytes(LABELS_MAGIC, &[2], &[1, 2, 3]));
-        assert!(matches!(read_idx_labels(&path), Err(DataError::TrailingBytes { extra: 1, .. })));
+        assert!(matches!(
+            read_idx_labels(&path),
+            Err(DataError::TrailingBytes { extra: 1, .. })
+        ));
     }
 
     #[test]
     fn count_mismatch_names_both_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "train-images-idx3-ubyte", &idx_bytes(IMAGES_MAGIC, &[2, 1, 1], &[1, 2]));
-        write(dir.path(), "train-labels-idx1-ubyte", &idx_bytes(LABELS_MAGIC, &[3], &[1, 2, 3]));
+        write(
+            dir.path(),
+            "train-images-idx3-ubyte",
+            &idx_bytes(IMAGES_MAGIC, &[2, 1, 1], &[1, 2]),
+        );
+        write(
+            dir.path(),
+            "train-labels-idx1-ubyte",
+            &idx_bytes(LABELS_MAGIC, &[3], &[1, 2, 3]),
+        );
         let err = IdxDataset::load_dir(dir.path(), Split::Train).expect_err("2 images, 3 labels");
         let msg = err.to_string();
-        assert!(msg.contains("train-images-idx3-ubyte") && msg.contains("train-labels-idx1-ubyte"), "{msg}");
-        assert!(matches!(err, DataError::CountMismatch { n_images: 2, n_labels: 3, .. }));
+        assert!(
+            msg.contains("train-images-idx3-ubyte") && msg.contains("train-labels-idx1-ubyte"),
+            "{msg}"
+        );
+        assert!(matches!(
+            err,
+            DataError::CountMismatch {
+                n_images: 2,
+                n_labels: 3,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn missing_file_lists_names_tried() {
         let dir = tempfile::tempdir().expect("tempdir");
         let err = IdxDataset::load_dir(dir.path(), Split::Train).expect_err("empty folder");
-        assert!(err.to_string().contains("train-images-idx3-ubyte.gz"), "{err}");
+        assert!(
+            err.to_string().contains("train-images-idx3-ubyte.gz"),
+            "{err}"
+        );
         let err = read_idx_labels(dir.path().join("nope")).expect_err("no such file");
         assert!(matches!(err, DataError::Io { .. }));
     }

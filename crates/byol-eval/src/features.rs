@@ -47,7 +47,12 @@ pub fn extract_features<B: Backend, E: Encoder<B>>(
         .chunks(batch_size)
         .map(|chunk| {
             let pixels = byol_augment::eval_batch(chunk, s, &transform.mean, &transform.std);
-            let x = Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([chunk.len(), c, s, s]);
+            let x = Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([
+                chunk.len(),
+                c,
+                s,
+                s,
+            ]);
             encoder.encode(x)
         })
         .collect();
@@ -60,6 +65,11 @@ pub fn extract_features<B: Backend, E: Encoder<B>>(
 /// Raw pixels scaled to [0, 1], one row per image: the baseline a learned
 /// representation has to beat.
 pub fn pixel_features<B: Backend>(images: &ImageSet, device: &B::Device) -> Tensor<B, 2> {
-    let values: Vec<f32> = images.pixels.iter().map(|&p| f32::from(p) / 255.0).collect();
-    Tensor::<B, 1>::from_floats(values.as_slice(), device).reshape([images.len(), images.image_len()])
+    let values: Vec<f32> = images
+        .pixels
+        .iter()
+        .map(|&p| f32::from(p) / 255.0)
+        .collect();
+    Tensor::<B, 1>::from_floats(values.as_slice(), device)
+        .reshape([images.len(), images.image_len()])
 }

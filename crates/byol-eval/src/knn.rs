@@ -99,7 +99,10 @@ pub fn knn_classify<B: Backend>(
         });
     }
     if n_queries == 0 || n_bank == 0 {
-        return Ok(KnnAccuracy { top1: 0.0, top5: 0.0 });
+        return Ok(KnnAccuracy {
+            top1: 0.0,
+            top5: 0.0,
+        });
     }
     let n_classes = usize::from(*bank_labels.iter().chain(query_labels).max().unwrap_or(&0)) + 1;
     let k = config.k.min(n_bank);
@@ -128,7 +131,8 @@ pub fn knn_classify<B: Backend>(
             }
             scores.iter_mut().for_each(|s| *s = 0.0);
             for &j in &idx[..k] {
-                scores[usize::from(bank_labels[j])] += (f64::from(row[j]) / f64::from(config.temperature)).exp();
+                scores[usize::from(bank_labels[j])] +=
+                    (f64::from(row[j]) / f64::from(config.temperature)).exp();
             }
             let right = scores[usize::from(*label)];
             // classes strictly better than the right one; ties count against it
@@ -170,8 +174,17 @@ mod tests {
     fn separable_clusters_are_classified_perfectly() {
         let bank = t(&[[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]]);
         let queries = t(&[[2.0, 0.0], [0.0, 3.0]]);
-        let acc = knn_classify(bank, &[0, 0, 1, 1], queries, &[0, 1], &KnnConfig { k: 2, temperature: 0.1 })
-            .expect("valid inputs");
+        let acc = knn_classify(
+            bank,
+            &[0, 0, 1, 1],
+            queries,
+            &[0, 1],
+            &KnnConfig {
+                k: 2,
+                temperature: 0.1,
+            },
+        )
+        .expect("valid inputs");
         assert_eq!(acc.top1, 1.0);
         assert_eq!(acc.top5, 1.0);
     }
@@ -181,11 +194,30 @@ mod tests {
         // two far neighbours of class 1, one very close neighbour of class 0
         let bank = t(&[[1.0, 0.0], [0.0, 1.0], [0.1, 1.0]]);
         let queries = t(&[[1.0, 0.05]]);
-        let weighted = knn_classify(bank.clone(), &[0, 1, 1], queries.clone(), &[0], &KnnConfig { k: 3, temperature: 0.1 })
-            .expect("valid");
+        let weighted = knn_classify(
+            bank.clone(),
+            &[0, 1, 1],
+            queries.clone(),
+            &[0],
+            &KnnConfig {
+                k: 3,
+                temperature: 0.1,
+            },
+        )
+        .expect("valid");
         assert_eq!(weighted.top1, 1.0);
         // a huge temperature makes the vote a plain majority
-        let flat = knn_classify(bank, &[0, 1, 1], queries, &[0], &KnnConfig { k: 3, temperature: 1e6 }).expect("valid");
+        let flat = knn_classify(
+            bank,
+            &[0, 1, 1],
+            queries,
+            &[0],
+            &KnnConfig {
+                k: 3,
+                temperature: 1e6,
+            },
+        )
+        .expect("valid");
         assert_eq!(flat.top1, 0.0);
         assert_eq!(flat.top5, 1.0);
     }
@@ -194,11 +226,26 @@ mod tests {
     fn count_mismatch_and_bad_k_are_errors() {
         let bank = t(&[[1.0, 0.0]]);
         assert!(matches!(
-            knn_classify(bank.clone(), &[0, 1], bank.clone(), &[0], &KnnConfig::default()),
+            knn_classify(
+                bank.clone(),
+                &[0, 1],
+                bank.clone(),
+                &[0],
+                &KnnConfig::default()
+            ),
             Err(EvalError::CountMismatch { .. })
         ));
-        let err = knn_classify(bank.clone(), &[0], bank, &[0], &KnnConfig { k: 0, temperature: 0.1 })
-            .expect_err("k = 0");
+        let err = knn_classify(
+            bank.clone(),
+            &[0],
+            bank,
+            &[0],
+            &KnnConfig {
+                k: 0,
+                temperature: 0.1,
+            },
+        )
+        .expect_err("k = 0");
         assert!(err.to_string().contains("eval.knn.k"), "{err}");
     }
 }

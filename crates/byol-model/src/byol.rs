@@ -116,12 +116,21 @@ impl<B: Backend, E: Encoder<B>> Byol<B, E> {
     /// # Panics
     ///
     /// When the two encoders do not have the same parameter shapes.
-    pub fn new(online_encoder: E, target_encoder: E, heads: &HeadsConfig, device: &B::Device) -> Self {
+    pub fn new(
+        online_encoder: E,
+        target_encoder: E,
+        heads: &HeadsConfig,
+        device: &B::Device,
+    ) -> Self {
         let dim = online_encoder.output_dim();
         let projector = MlpHeadConfig::new(dim, heads.projector_hidden, heads.projection_dim)
             .with_batch_norm(heads.batch_norm);
-        let predictor = MlpHeadConfig::new(heads.projection_dim, heads.predictor_hidden, heads.projection_dim)
-            .with_batch_norm(heads.batch_norm);
+        let predictor = MlpHeadConfig::new(
+            heads.projection_dim,
+            heads.predictor_hidden,
+            heads.projection_dim,
+        )
+        .with_batch_norm(heads.batch_norm);
         let online = OnlineNetwork {
             encoder: online_encoder,
             projector: projector.init(device),
@@ -187,7 +196,9 @@ struct Collect<B: Backend> {
 
 impl<B: Backend> Default for Collect<B> {
     fn default() -> Self {
-        Self { tensors: Vec::new() }
+        Self {
+            tensors: Vec::new(),
+        }
     }
 }
 
@@ -242,7 +253,12 @@ mod tests {
     fn tiny() -> Byol<B, crate::ResNet<B>> {
         let device = Default::default();
         let cfg = ResNetConfig::small();
-        Byol::new(cfg.init(&device), cfg.init(&device), &HeadsConfig::new(32, 16, 32), &device)
+        Byol::new(
+            cfg.init(&device),
+            cfg.init(&device),
+            &HeadsConfig::new(32, 16, 32),
+            &device,
+        )
     }
 
     fn flat<M: Module<B>>(m: &M) -> Vec<f32> {
@@ -272,7 +288,8 @@ mod tests {
         impl ModuleMapper<B> for Noise {
             fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
                 p.map(|t| {
-                    let noise = Tensor::random(t.shape(), Distribution::Normal(0.0, 1.0), &t.device());
+                    let noise =
+                        Tensor::random(t.shape(), Distribution::Normal(0.0, 1.0), &t.device());
                     t + noise
                 })
             }
@@ -323,7 +340,10 @@ mod tests {
         let b = b.update_target(0.9);
         for ((t1, t0), o) in target_part(&b).iter().zip(&t0).zip(&o) {
             let expected = 0.9 * t0 + 0.1 * o;
-            assert!((t1 - expected).abs() <= 1e-5 * (1.0 + expected.abs()), "{t1} vs {expected}");
+            assert!(
+                (t1 - expected).abs() <= 1e-5 * (1.0 + expected.abs()),
+                "{t1} vs {expected}"
+            );
         }
     }
 

@@ -50,7 +50,11 @@ pub fn save_record<B: Backend, R: Record<B>>(record: R, path: &Path) -> Result<(
 ///
 /// [`TrainError::Output`] naming the file when it cannot be read or does not
 /// match the module.
-pub fn load_module<B: Backend, M: Module<B>>(module: M, path: &Path, device: &B::Device) -> Result<M, TrainError> {
+pub fn load_module<B: Backend, M: Module<B>>(
+    module: M,
+    path: &Path,
+    device: &B::Device,
+) -> Result<M, TrainError> {
     let record = ByolRecorder::new()
         .load(path.to_path_buf(), device)
         .map_err(|e| output_err(path, e))?;

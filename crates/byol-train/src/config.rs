@@ -128,8 +128,12 @@ impl ModelConfig {
 
     /// The projector and predictor sizes.
     pub fn heads_config(&self) -> HeadsConfig {
-        HeadsConfig::new(self.projector_hidden, self.projection_dim, self.predictor_hidden)
-            .with_batch_norm(self.head_batchnorm)
+        HeadsConfig::new(
+            self.projector_hidden,
+            self.projection_dim,
+            self.predictor_hidden,
+        )
+        .with_batch_norm(self.head_batchnorm)
     }
 }
 
@@ -234,7 +238,11 @@ impl RunConfig {
             ),
             None => ("<defaults>".to_string(), String::new()),
         };
-        let config = Self::from_toml(&text, overrides).map_err(|message| TrainError::ConfigFile { path: name, message })?;
+        let config =
+            Self::from_toml(&text, overrides).map_err(|message| TrainError::ConfigFile {
+                path: name,
+                message,
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -272,7 +280,11 @@ impl RunConfig {
             return Err(invalid("train.lr", t.lr, "a finite number > 0"));
         }
         if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
-            return Err(invalid("train.weight_decay", t.weight_decay, "a finite number >= 0"));
+            return Err(invalid(
+                "train.weight_decay",
+                t.weight_decay,
+                "a finite number >= 0",
+            ));
         }
         if !(0.0..1.0).contains(&t.momentum) {
             return Err(invalid("train.momentum", t.momentum, "a number in [0, 1)"));
@@ -288,7 +300,11 @@ impl RunConfig {
             return Err(invalid("train.epochs", 0, "at least 1"));
         }
         if t.batch_size < 2 {
-            return Err(invalid("train.batch_size", t.batch_size, "at least 2 (BatchNorm needs a batch)"));
+            return Err(invalid(
+                "train.batch_size",
+                t.batch_size,
+                "at least 2 (BatchNorm needs a batch)",
+            ));
         }
         if t.log_every == 0 {
             return Err(invalid("train.log_every", 0, "at least 1"));
@@ -330,7 +346,10 @@ impl RunConfig {
 
 fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
     let mut parts: Vec<&str> = key.split('.').collect();
-    let last = parts.pop().filter(|s| !s.is_empty()).ok_or_else(|| format!("empty key in override `{key}`"))?;
+    let last = parts
+        .pop()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| format!("empty key in override `{key}`"))?;
     let mut current = table;
     for part in parts {
         let entry = current
@@ -352,7 +371,10 @@ mod tests {
         let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
         match RunConfig::from_toml(text, &overrides) {
             Err(e) => e,
-            Ok(c) => c.validate().expect_err("config should be rejected").to_string(),
+            Ok(c) => c
+                .validate()
+                .expect_err("config should be rejected")
+                .to_string(),
         }
     }
 
@@ -382,16 +404,23 @@ mod tests {
     fn out_of_range_values_are_rejected_naming_the_key() {
         assert!(err("", &["train.tau_base=1.5"]).contains("train.tau_base"));
         assert!(err("", &["train.lr=-0.1"]).contains("train.lr"));
-        assert!(err("", &["augment.view1.crop_scale=[0.9, 0.5]"]).contains("augment.view1.crop_scale"));
+        assert!(
+            err("", &["augment.view1.crop_scale=[0.9, 0.5]"]).contains("augment.view1.crop_scale")
+        );
         assert!(err("", &["train.momentum=0.5"]).contains("train.momentum"));
     }
 
     #[test]
     fn overrides_parse_toml_values_and_bare_words() {
-        let o: Vec<String> = ["train.optimizer=sgd", "train.lr=0.05", "model.head_batchnorm=false", "data.path=/x/y"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let o: Vec<String> = [
+            "train.optimizer=sgd",
+            "train.lr=0.05",
+            "model.head_batchnorm=false",
+            "data.path=/x/y",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let c = RunConfig::from_toml("", &o).expect("valid overrides");
         assert_eq!(c.train.optimizer, OptimizerKind::Sgd);
         assert_eq!(c.train.lr, 0.05);
@@ -402,7 +431,8 @@ mod tests {
     #[test]
     fn resolved_config_round_trips() {
         let c = RunConfig::from_toml("seed = 3\n[train]\nepochs = 2\n", &[]).expect("valid");
-        let again = RunConfig::from_toml(&c.to_toml().expect("serialisable"), &[]).expect("round trip");
+        let again =
+            RunConfig::from_toml(&c.to_toml().expect("serialisable"), &[]).expect("round trip");
         assert_eq!(c, again);
     }
 
@@ -413,7 +443,8 @@ mod tests {
         for entry in std::fs::read_dir(&dir).expect("configs/ exists") {
             let path = entry.expect("dir entry").path();
             if path.extension().is_some_and(|e| e == "toml") {
-                RunConfig::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                RunConfig::load(Some(&path), &[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 n += 1;
             }
         }

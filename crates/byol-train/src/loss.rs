@@ -15,7 +15,11 @@ use burn::prelude::*;
 ///
 /// When `p` and `z` differ in shape.
 pub fn regression_loss<B: Backend>(p: Tensor<B, 2>, z: Tensor<B, 2>) -> Tensor<B, 1> {
-    assert_eq!(p.dims(), z.dims(), "prediction and projection should have the same shape");
+    assert_eq!(
+        p.dims(),
+        z.dims(),
+        "prediction and projection should have the same shape"
+    );
     let [batch, _] = p.dims();
     let eps = 1e-12;
     let p_norm = p.clone().square().sum_dim(1).sqrt().clamp_min(eps);
@@ -34,7 +38,12 @@ pub fn regression_loss<B: Backend>(p: Tensor<B, 2>, z: Tensor<B, 2>) -> Tensor<B
 ///
 /// # Shapes
 /// all four `[batch, dim]` → `[1]`
-pub fn byol_loss<B: Backend>(p1: Tensor<B, 2>, p2: Tensor<B, 2>, z1: Tensor<B, 2>, z2: Tensor<B, 2>) -> Tensor<B, 1> {
+pub fn byol_loss<B: Backend>(
+    p1: Tensor<B, 2>,
+    p2: Tensor<B, 2>,
+    z1: Tensor<B, 2>,
+    z2: Tensor<B, 2>,
+) -> Tensor<B, 1> {
     let l12 = regression_loss(p1, z2.detach());
     let l21 = regression_loss(p2, z1.detach());
     (l12 + l21).mean().mul_scalar(0.5)
@@ -62,7 +71,10 @@ mod tests {
         for seed in 0..20 {
             let l = regression_loss(rand(seed, [16, 8]), rand(seed + 100, [16, 8]));
             let v = l.into_data().to_vec::<f32>().expect("f32");
-            assert!(v.iter().all(|&x| (-1e-5..=4.0 + 1e-5).contains(&x)), "{v:?}");
+            assert!(
+                v.iter().all(|&x| (-1e-5..=4.0 + 1e-5).contains(&x)),
+                "{v:?}"
+            );
         }
     }
 
@@ -75,7 +87,12 @@ mod tests {
 
     #[test]
     fn loss_is_symmetric_in_views() {
-        let (p1, p2, z1, z2) = (rand(1, [8, 4]), rand(2, [8, 4]), rand(3, [8, 4]), rand(4, [8, 4]));
+        let (p1, p2, z1, z2) = (
+            rand(1, [8, 4]),
+            rand(2, [8, 4]),
+            rand(3, [8, 4]),
+            rand(4, [8, 4]),
+        );
         let a = scalar(byol_loss(p1.clone(), p2.clone(), z1.clone(), z2.clone()));
         let b = scalar(byol_loss(p2, p1, z2, z1));
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");

@@ -142,12 +142,19 @@ fn knn<B: Backend>(
     config: &RunConfig,
     encode: impl Fn(&byol_data::ImageSet) -> Result<Tensor<B, 2>, TrainError>,
 ) -> Result<Option<KnnAccuracy>, TrainError> {
-    let (Some(train_labels), Some(test_labels)) = (&splits.train.labels, &splits.test.labels) else {
+    let (Some(train_labels), Some(test_labels)) = (&splits.train.labels, &splits.test.labels)
+    else {
         return Ok(None);
     };
     let bank = encode(&splits.train.images)?;
     let queries = encode(&splits.test.images)?;
-    Ok(Some(knn_classify(bank, train_labels, queries, test_labels, &config.eval.knn)?))
+    Ok(Some(knn_classify(
+        bank,
+        train_labels,
+        queries,
+        test_labels,
+        &config.eval.knn,
+    )?))
 }
 
 fn encoder_knn<B: Backend>(
@@ -162,7 +169,13 @@ fn encoder_knn<B: Backend>(
         std: config.augment.std.clone(),
     };
     knn(splits, config, |images| {
-        Ok(extract_features(encoder, images, &transform, config.eval.batch_size, device)?)
+        Ok(extract_features(
+            encoder,
+            images,
+            &transform,
+            config.eval.batch_size,
+            device,
+        )?)
     })
 }
 
@@ -195,7 +208,8 @@ fn progress_bar(total: u64, show: bool) -> ProgressBar {
 
 /// Splitmix64: derives independent seeds from (seed, a, b).
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    let mut z = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z =
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -244,9 +258,16 @@ pub fn pretrain<B: AutodiffBackend>(
         &config.model.heads_config(),
         device,
     );
-    let mut optimizer = ByolOptimizer::new(config.train.optimizer, config.train.weight_decay, config.train.momentum);
+    let mut optimizer = ByolOptimizer::new(
+        config.train.optimizer,
+        config.train.weight_decay,
+        config.train.momentum,
+    );
 
-    let none = KnnAccuracy { top1: 0.0, top5: 0.0 };
+    let none = KnnAccuracy {
+        top1: 0.0,
+        top5: 0.0,
+    };
     let log_knn = |metrics: &mut MetricsLog, name: &str, epoch, step, acc: Option<KnnAccuracy>| {
         if let Some(acc) = acc {
             tracing::info!(
@@ -265,7 +286,9 @@ pub fn pretrain<B: AutodiffBackend>(
         Ok::<_, TrainError>(acc.unwrap_or(none))
     };
     let inner_device = device.clone();
-    let raw = knn::<B::InnerBackend>(&splits, config, |images| Ok(pixel_features(images, &inner_device)))?;
+    let raw = knn::<B::InnerBackend>(&splits, config, |images| {
+        Ok(pixel_features(images, &inner_device))
+    })?;
     let knn_raw_pixels = log_knn(&mut metrics, "raw_pixels", 0, 0, raw)?;
     let random = encoder_knn(&model.online.encoder.valid(), &splits, config, device)?;
     let knn_random_init = log_knn(&mut metrics, "random_init", 0, 0, random)?;
@@ -301,10 +324,19 @@ pub fn pretrain<B: AutodiffBackend>(
             if step >= total_steps {
                 break;
             }
-            let images: Vec<ImageRef<'_>> = chunk.iter().map(|&i| splits.train.images.image(i)).collect();
-            let (v1, v2) = byol_augment::two_views(&images, &config.augment, mix(config.seed, epoch as u64, step as u64 + 1));
-            let v1 = Tensor::<B, 1>::from_floats(v1.as_slice(), device).reshape([batch, c, size, size]);
-            let v2 = Tensor::<B, 1>::from_floats(v2.as_slice(), device).reshape([batch, c, size, size]);
+            let images: Vec<ImageRef<'_>> = chunk
+                .iter()
+                .map(|&i| splits.train.images.image(i))
+                .collect();
+            let (v1, v2) = byol_augment::two_views(
+                &images,
+                &config.augment,
+                mix(config.seed, epoch as u64, step as u64 + 1),
+            );
+            let v1 =
+                Tensor::<B, 1>::from_floats(v1.as_slice(), device).reshape([batch, c, size, size]);
+            let v2 =
+                Tensor::<B, 1>::from_floats(v2.as_slice(), device).reshape([batch, c, size, size]);
             tau = schedule::tau(step, total_steps, t.tau_base);
             let (next, loss) = byol_step(model, &mut optimizer, v1, v2, t.lr, tau);
             model = next;
@@ -320,7 +352,10 @@ pub fn pretrain<B: AutodiffBackend>(
                     return Err(TrainError::NonFinite { step, loss: value });
                 }
                 let ips = logged_since as f64 / last_log.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("{ips:.0} img/s loss {value:.4} τ {tau:.4} lr {:.2e}", t.lr));
+                bar.set_message(format!(
+                    "{ips:.0} img/s loss {value:.4} τ {tau:.4} lr {:.2e}",
+                    t.lr
+                ));
                 tracing::debug!(step, loss = value, tau, "step");
                 metrics.write(&Record::Step {
                     step,
@@ -340,7 +375,10 @@ pub fn pretrain<B: AutodiffBackend>(
         final_loss = f64::from(mean) / epoch_steps.max(1) as f64;
         if !final_loss.is_finite() {
             bar.abandon();
-            return Err(TrainError::NonFinite { step, loss: final_loss as f32 });
+            return Err(TrainError::NonFinite {
+                step,
+                loss: final_loss as f32,
+            });
         }
         let images_per_sec = (epoch_steps * batch) as f64 / seconds.max(1e-9);
         bar.suspend(|| {
@@ -356,7 +394,8 @@ pub fn pretrain<B: AutodiffBackend>(
             images_per_sec,
         })?;
         if epoch % config.eval.every_epochs == 0 || epoch == epochs {
-            let acc = bar.suspend(|| encoder_knn(&model.online.encoder.valid(), &splits, config, device))?;
+            let acc = bar
+                .suspend(|| encoder_knn(&model.online.encoder.valid(), &splits, config, device))?;
             knn_trained = bar.suspend(|| log_knn(&mut metrics, "epoch", epoch, step, acc))?;
         }
     }
@@ -407,7 +446,8 @@ mod tests {
         struct V(Vec<f32>);
         impl<B: Backend> ModuleVisitor<B> for V {
             fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-                self.0.extend(p.val().into_data().to_vec::<f32>().expect("f32"));
+                self.0
+                    .extend(p.val().into_data().to_vec::<f32>().expect("f32"));
             }
         }
         let mut v = V(Vec::new());
@@ -418,11 +458,19 @@ mod tests {
     /// The trainable parameters of an encoder (BatchNorm running statistics
     /// left out: the target's also move by its own forward passes).
     fn weights<B: Backend>(e: &ResNet<B>) -> Vec<f32> {
-        let mut tensors = vec![e.conv1.weight.val().reshape([-1]), e.bn1.gamma.val(), e.bn1.beta.val()];
+        let mut tensors = vec![
+            e.conv1.weight.val().reshape([-1]),
+            e.bn1.gamma.val(),
+            e.bn1.beta.val(),
+        ];
         for stage in &e.stages {
             for block in &stage.blocks {
                 if let byol_model::Block::Basic(b) = block {
-                    tensors.extend([b.conv1.weight.val().reshape([-1]), b.conv2.weight.val().reshape([-1]), b.bn2.gamma.val()]);
+                    tensors.extend([
+                        b.conv1.weight.val().reshape([-1]),
+                        b.conv2.weight.val().reshape([-1]),
+                        b.bn2.gamma.val(),
+                    ]);
                 }
             }
         }
@@ -435,22 +483,43 @@ mod tests {
     fn step_changes_weights<B: AutodiffBackend>(size: usize, batch: usize) {
         let device = Default::default();
         let cfg = ResNetConfig::small();
-        let model: Byol<B, ResNet<B>> = Byol::new(cfg.init(&device), cfg.init(&device), &HeadsConfig::new(32, 16, 32), &device);
+        let model: Byol<B, ResNet<B>> = Byol::new(
+            cfg.init(&device),
+            cfg.init(&device),
+            &HeadsConfig::new(32, 16, 32),
+            &device,
+        );
         let mut optim = ByolOptimizer::new(OptimizerKind::Adam, 0.0, 0.9);
         let x1 = Tensor::<B, 4>::random([batch, 1, size, size], Distribution::Default, &device);
         let x2 = Tensor::<B, 4>::random([batch, 1, size, size], Distribution::Default, &device);
-        let (enc0, tgt0) = (weights(&model.online.encoder), weights(&model.target.encoder));
+        let (enc0, tgt0) = (
+            weights(&model.online.encoder),
+            weights(&model.target.encoder),
+        );
         assert_eq!(enc0, tgt0, "the target starts as a copy");
         let (model, loss) = byol_step(model, &mut optim, x1, x2, 1e-2, 0.5);
         let loss: f32 = loss.into_scalar().elem();
-        assert!(loss.is_finite() && (0.0..=4.0).contains(&loss), "loss {loss}");
-        let (enc1, tgt1) = (weights(&model.online.encoder), weights(&model.target.encoder));
+        assert!(
+            loss.is_finite() && (0.0..=4.0).contains(&loss),
+            "loss {loss}"
+        );
+        let (enc1, tgt1) = (
+            weights(&model.online.encoder),
+            weights(&model.target.encoder),
+        );
         let changed = enc0.iter().zip(&enc1).filter(|(a, b)| a != b).count();
-        assert!(changed > enc0.len() / 2, "only {changed} of {} encoder weights moved", enc0.len());
+        assert!(
+            changed > enc0.len() / 2,
+            "only {changed} of {} encoder weights moved",
+            enc0.len()
+        );
         // τ = 0.5: the target moved halfway towards the updated online encoder
         for ((t0, t1), o) in tgt0.iter().zip(&tgt1).zip(&enc1) {
             let expected = 0.5 * t0 + 0.5 * o;
-            assert!((t1 - expected).abs() <= 1e-5 * (1.0 + o.abs()), "target {t1}, expected {expected}");
+            assert!(
+                (t1 - expected).abs() <= 1e-5 * (1.0 + o.abs()),
+                "target {t1}, expected {expected}"
+            );
         }
     }
 
@@ -471,22 +540,32 @@ mod tests {
         // lr·g·(1 + 1.9) = 2.9·lr·g (burn's default dampening 0.1 gives 2.8).
         type A = Autodiff<Flex>;
         let device = Default::default();
-        let mut linear = burn::nn::LinearConfig::new(3, 1).with_bias(false).init::<A>(&device);
+        let mut linear = burn::nn::LinearConfig::new(3, 1)
+            .with_bias(false)
+            .init::<A>(&device);
         let w0 = values(&linear);
         let x = Tensor::<A, 2>::from_floats([[1.0, 2.0, 3.0]], &device);
         let mut optim = ByolOptimizer::<burn::nn::Linear<A>, A>::new(OptimizerKind::Sgd, 0.0, 0.9);
         for _ in 0..2 {
-            let grads = GradientsParams::from_grads(linear.forward(x.clone()).sum().backward(), &linear);
+            let grads =
+                GradientsParams::from_grads(linear.forward(x.clone()).sum().backward(), &linear);
             linear = optim.step(0.1, linear, grads);
         }
         for ((w1, w0), g) in values(&linear).iter().zip(&w0).zip([1.0, 2.0, 3.0]) {
-            assert!((w0 - w1 - 0.29 * g).abs() < 1e-5, "moved {} instead of {}", w0 - w1, 0.29 * g);
+            assert!(
+                (w0 - w1 - 0.29 * g).abs() < 1e-5,
+                "moved {} instead of {}",
+                w0 - w1,
+                0.29 * g
+            );
         }
     }
 
     #[test]
     fn mix_separates_nearby_inputs() {
-        let seeds: std::collections::HashSet<u64> = (0..100).flat_map(|a| (0..100).map(move |b| mix(7, a, b))).collect();
+        let seeds: std::collections::HashSet<u64> = (0..100)
+            .flat_map(|a| (0..100).map(move |b| mix(7, a, b)))
+            .collect();
         assert_eq!(seeds.len(), 10_000);
     }
 }
