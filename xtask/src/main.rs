@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod backend;
+mod bench;
 
 /// Self-supervised pretraining of image encoders with BYOL.
 #[derive(Parser, Debug)]
@@ -21,6 +22,9 @@ struct Cli {
 enum Command {
     /// Pretrain an encoder with BYOL, then report kNN accuracy.
     Pretrain(PretrainArgs),
+    /// Benchmarks (figures go in docs/results.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -45,12 +49,36 @@ struct PretrainArgs {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
         Command::Pretrain(args) => pretrain(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+struct Pretrain<'a> {
+    config: &'a byol_train::RunConfig,
+    out: &'a std::path::Path,
+    progress: bool,
+}
+
+impl backend::Task for Pretrain<'_> {
+    type Output = byol_train::RunSummary;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+    ) -> Result<Self::Output> {
+        Ok(byol_train::pretrain::<B>(
+            self.config,
+            self.out,
+            &device,
+            self.progress,
+        )?)
     }
 }
 
@@ -62,7 +90,11 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
     let out = match args.out {
         Some(out) => out,
         None => {
-            let stem = args.config.file_stem().and_then(|s| s.to_str()).unwrap_or("run");
+            let stem = args
+                .config
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("run");
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -70,13 +102,29 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
             PathBuf::from("runs").join(format!("{stem}-{secs}"))
         }
     };
-    let summary = backend::pretrain(&config, &out, &args.device, !args.no_progress)
-        .with_context(|| format!("pretraining with {}", args.config.display()))?;
+    let summary = backend::run(
+        &args.device,
+        Pretrain {
+            config: &config,
+            out: &out,
+            progress: !args.no_progress,
+        },
+    )
+    .with_context(|| format!("pretraining with {}", args.config.display()))?;
     let pct = |x: f64| 100.0 * x;
     println!("kNN top-1 on the test split (k = {}):", config.eval.knn.k);
-    println!("  raw pixels          {:6.2}%", pct(summary.knn_raw_pixels.top1));
-    println!("  random-init encoder {:6.2}%", pct(summary.knn_random_init.top1));
-    println!("  BYOL encoder        {:6.2}%", pct(summary.knn_trained.top1));
+    println!(
+        "  raw pixels          {:6.2}%",
+        pct(summary.knn_raw_pixels.top1)
+    );
+    println!(
+        "  random-init encoder {:6.2}%",
+        pct(summary.knn_random_init.top1)
+    );
+    println!(
+        "  BYOL encoder        {:6.2}%",
+        pct(summary.knn_trained.top1)
+    );
     println!(
         "{} steps in {:.0}s, final loss {:.4}; run folder: {}",
         summary.steps,

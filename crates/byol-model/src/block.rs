@@ -10,6 +10,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use crate::norm::batch_norm;
+
 /// A `k×k` convolution without bias, initialised as torchvision's ResNet.
 pub(crate) fn conv(
     channels_in: usize,
@@ -47,7 +49,7 @@ impl<B: Backend> Downsample<B> {
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward(self.conv.forward(x))
+        batch_norm(&self.bn, self.conv.forward(x))
     }
 }
 
@@ -88,8 +90,8 @@ impl<B: Backend> BasicBlock<B> {
             Some(d) => d.forward(x.clone()),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
+        let out = batch_norm(&self.bn2, self.conv2.forward(out));
         relu(out + identity)
     }
 }
@@ -141,9 +143,9 @@ impl<B: Backend> Bottleneck<B> {
             Some(d) => d.forward(x.clone()),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        let out = relu(self.bn2.forward(self.conv2.forward(out)));
-        let out = self.bn3.forward(self.conv3.forward(out));
+        let out = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
+        let out = relu(batch_norm(&self.bn2, self.conv2.forward(out)));
+        let out = batch_norm(&self.bn3, self.conv3.forward(out));
         relu(out + identity)
     }
 }

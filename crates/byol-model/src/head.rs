@@ -4,6 +4,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use crate::norm::batch_norm;
+
 /// Linear → BatchNorm → ReLU → Linear.
 ///
 /// "a multi-layer perceptron (MLP) [...] consisting in a linear layer with
@@ -55,7 +57,7 @@ impl<B: Backend> MlpHead<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let x = self.linear1.forward(x);
         let x = match &self.bn {
-            Some(bn) => bn.forward(x),
+            Some(bn) => batch_norm(bn, x),
             None => x,
         };
         self.linear2.forward(relu(x))
@@ -71,7 +73,9 @@ mod tests {
     fn head_maps_dims_with_and_without_batch_norm() {
         let device = Default::default();
         for bn in [true, false] {
-            let head = MlpHeadConfig::new(8, 16, 4).with_batch_norm(bn).init::<Flex>(&device);
+            let head = MlpHeadConfig::new(8, 16, 4)
+                .with_batch_norm(bn)
+                .init::<Flex>(&device);
             assert_eq!(head.bn.is_some(), bn);
             let y = head.forward(Tensor::<Flex, 2>::ones([5, 8], &device));
             assert_eq!(y.dims(), [5, 4]);

@@ -26,11 +26,13 @@
 mod block;
 mod byol;
 mod head;
+mod norm;
 mod resnet;
 
 pub use block::{BasicBlock, Block, Bottleneck, Downsample};
 pub use byol::{Byol, ByolOutput, HeadsConfig, OnlineNetwork, TargetNetwork};
 pub use head::{MlpHead, MlpHeadConfig};
+pub use norm::batch_norm;
 pub use resnet::{BlockKind, ResNet, ResNetConfig, Stage, Stem};
 
 use burn::prelude::*;

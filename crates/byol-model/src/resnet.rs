@@ -10,6 +10,7 @@ use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
 use crate::block::{BOTTLENECK_EXPANSION, BasicBlock, Block, Bottleneck, conv};
+use crate::norm::batch_norm;
 use crate::{Encoder, ModelError};
 
 /// The first layers of the network, before the residual stages.
@@ -112,7 +113,7 @@ impl ResNetConfig {
 
     /// Dimension of the pooled features.
     pub fn output_dim(&self) -> usize {
-        let last = self.base_width * self.width_multiplier << (self.layers.len().saturating_sub(1));
+        let last = (self.base_width * self.width_multiplier) << self.layers.len().saturating_sub(1);
         match self.block {
             BlockKind::Basic => last,
             BlockKind::Bottleneck => last * BOTTLENECK_EXPANSION,
@@ -139,7 +140,11 @@ impl ResNetConfig {
             return bad("width_multiplier", "0".into(), "an integer >= 1");
         }
         if self.layers.is_empty() || self.layers.contains(&0) {
-            return bad("layers", format!("{:?}", self.layers), "at least one stage, each with >= 1 block");
+            return bad(
+                "layers",
+                format!("{:?}", self.layers),
+                "at least one stage, each with >= 1 block",
+            );
         }
         Ok(())
     }
@@ -169,7 +174,9 @@ impl ResNetConfig {
                     .map(|j| {
                         let stride = if i > 0 && j == 0 { 2 } else { 1 };
                         let block = match self.block {
-                            BlockKind::Basic => Block::Basic(BasicBlock::new(channels, planes, stride, device)),
+                            BlockKind::Basic => {
+                                Block::Basic(BasicBlock::new(channels, planes, stride, device))
+                            }
                             BlockKind::Bottleneck => {
                                 Block::Bottleneck(Bottleneck::new(channels, planes, stride, device))
                             }
@@ -230,7 +237,7 @@ impl<B: Backend> ResNet<B> {
     ///
     /// When the input's channels differ from the configured `in_channels`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let x = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
         let mut x = match &self.maxpool {
             Some(pool) => pool.forward(x),
             None => x,
@@ -242,7 +249,9 @@ impl<B: Backend> ResNet<B> {
         }
         let [batch, channels, h, w] = x.dims();
         // global average pooling: [batch, channels, h, w] -> [batch, channels]
-        x.reshape([batch, channels, h * w]).mean_dim(2).reshape([batch, channels])
+        x.reshape([batch, channels, h * w])
+            .mean_dim(2)
+            .reshape([batch, channels])
     }
 }
 
@@ -268,7 +277,8 @@ mod tests {
         let device = Default::default();
         let cfg = ResNetConfig::small();
         let net = cfg.init::<B>(&device);
-        let x = Tensor::<B, 4>::random([3, 1, 28, 28], burn::tensor::Distribution::Default, &device);
+        let x =
+            Tensor::<B, 4>::random([3, 1, 28, 28], burn::tensor::Distribution::Default, &device);
         assert_eq!(net.forward(x).dims(), [3, 128]);
         assert_eq!(cfg.output_dim(), 128);
     }
@@ -277,12 +287,19 @@ mod tests {
     fn resnet18_cifar_stem_gives_512_and_resnet50_gives_2048() {
         let device = Default::default();
         let x = Tensor::<B, 4>::zeros([2, 3, 16, 16], &device);
-        let r18 = ResNetConfig::resnet18().with_stem(Stem::Cifar).init::<B>(&device);
+        let r18 = ResNetConfig::resnet18()
+            .with_stem(Stem::Cifar)
+            .init::<B>(&device);
         assert_eq!(r18.forward(x.clone()).dims(), [2, 512]);
         let r50 = ResNetConfig::resnet50().init::<B>(&device);
         assert_eq!(r50.forward(x).dims(), [2, 2048]);
         assert_eq!(ResNetConfig::resnet50().output_dim(), 2048);
-        assert_eq!(ResNetConfig::resnet34().with_width_multiplier(2).output_dim(), 1024);
+        assert_eq!(
+            ResNetConfig::resnet34()
+                .with_width_multiplier(2)
+                .output_dim(),
+            1024
+        );
     }
 
     #[test]
@@ -296,7 +313,10 @@ mod tests {
 
     #[test]
     fn validate_names_the_key() {
-        let err = ResNetConfig::small().with_in_channels(2).validate("model").expect_err("2 channels");
+        let err = ResNetConfig::small()
+            .with_in_channels(2)
+            .validate("model")
+            .expect_err("2 channels");
         assert!(err.to_string().contains("model.in_channels"), "{err}");
     }
 }

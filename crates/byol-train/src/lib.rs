@@ -7,6 +7,7 @@
 //! loss = ½(ℓ(p₁, sg(z₂)) + ℓ(p₂, sg(z₁))) with ℓ = 2 − 2·cos
 //! [BYOL, Grill et al. 2020, arXiv:2006.07733].
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod loss;
@@ -14,7 +15,10 @@ pub mod metrics;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::{DataConfig, DataFormat, EncoderKind, EvalConfig, ModelConfig, OptimizerKind, RunConfig, TrainConfig};
+pub use config::{
+    DataConfig, DataFormat, EncoderKind, EvalConfig, ModelConfig, OptimizerKind, RunConfig,
+    TrainConfig,
+};
 pub use loss::{byol_loss, regression_loss};
 pub use schedule::tau;
 pub use trainer::{ByolOptimizer, RunSummary, byol_step, pretrain};

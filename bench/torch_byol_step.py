@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""The BYOL training step of byol-rs, in plain PyTorch + torchvision, for
+`cargo xtask bench step --peer`.
+
+Same models, same step, same batch and thread count as
+`crates/byol-train/src/bench.rs`:
+
+- both views through the online network (encoder -> projector -> predictor)
+  with backward, both views through the target network (encoder ->
+  projector) under no_grad in train mode (batch statistics), the symmetric
+  loss 2 - 2 cos, one Adam step (eps 1e-8, weight decay 1e-6) and the EMA
+  update of the target over parameters and buffers;
+- random N(0, 1) inputs made before the clock starts, reused in turn.
+
+Prints one JSON line per model: {"name", "batch", "steps", "images_per_sec",
+"ms_per_step", "peak_rss_mib", "threads", "device", "torch"}.
+"""
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+
+def mlp(d_in, hidden, d_out, batch_norm=True):
+    layers = [nn.Linear(d_in, hidden)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(hidden))
+    layers += [nn.ReLU(inplace=True), nn.Linear(hidden, d_out)]
+    return nn.Sequential(*layers)
+
+
+def small_encoder(in_channels=1):
+    """byol-rs `ResNetConfig::small()`: 3x3/2 stem, one BasicBlock per stage,
+    32/64/128 planes, global average pooling -> 128 features."""
+    block = torchvision.models.resnet.BasicBlock
+
+    def downsample(cin, cout, stride):
+        if stride == 1 and cin == cout:
+            return None
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+        )
+
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        block(32, 32, 1, downsample(32, 32, 1)),
+        block(32, 64, 2, downsample(32, 64, 2)),
+        block(64, 128, 2, downsample(64, 128, 2)),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ), 128
+
+
+def resnet18_cifar(in_channels=3):
+    """torchvision resnet18 with the CIFAR stem (3x3/1 conv, no max-pool)."""
+    net = torchvision.models.resnet18()
+    net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net, 512
+
+
+SETTINGS = {
+    "small": dict(name="small 28x28x1", make=small_encoder, channels=1, size=28,
+                  hidden=512, dim=128),
+    "resnet18-cifar": dict(name="resnet18-cifar 32x32x3", make=resnet18_cifar,
+                           channels=3, size=32, hidden=4096, dim=256),
+}
+
+
+class Byol(nn.Module):
+    def __init__(self, make, channels, hidden, dim):
+        super().__init__()
+        self.encoder, features = make(channels)
+        self.projector = mlp(features, hidden, dim)
+        self.predictor = mlp(dim, hidden, dim)
+        # the target is built on its own and loaded with the online weights
+        self.target_encoder, _ = make(channels)
+        self.target_projector = mlp(features, hidden, dim)
+        self.target_encoder.load_state_dict(self.encoder.state_dict())
+        self.target_projector.load_state_dict(self.projector.state_dict())
+        for p in list(self.target_encoder.parameters()) + list(
+            self.target_projector.parameters()
+        ):
+            p.requires_grad_(False)
+
+    def online_parameters(self):
+        return (
+            list(self.encoder.parameters())
+            + list(self.projector.parameters())
+            + list(self.predictor.parameters())
+        )
+
+    @torch.no_grad()
+    def update_target(self, tau):
+        for online, target in (
+            (self.encoder, self.target_encoder),
+            (self.projector, self.target_projector),
+        ):
+            o = list(online.parameters()) + [
+                b for b in online.buffers() if b.dtype.is_floating_point
+            ]
+            t = list(target.parameters()) + [
+                b for b in target.buffers() if b.dtype.is_floating_point
+            ]
+            torch._foreach_mul_(t, tau)
+            torch._foreach_add_(t, o, alpha=1.0 - tau)
+
+
+def regression(p, z):
+    return 2 - 2 * F.cosine_similarity(p, z, dim=-1)
+
+
+def step(model, optimizer, v1, v2, tau):
+    p1 = model.predictor(model.projector(model.encoder(v1)))
+    p2 = model.predictor(model.projector(model.encoder(v2)))
+    with torch.no_grad():
+        z1 = model.target_projector(model.target_encoder(v1))
+        z2 = model.target_projector(model.target_encoder(v2))
+    loss = 0.5 * (regression(p1, z2) + regression(p2, z1)).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.update_target(tau)
+    return loss
+
+
+def bench(setting, batch, steps, warmup, device):
+    torch.manual_seed(0)
+    s = SETTINGS[setting]
+    model = Byol(s["make"], s["channels"], s["hidden"], s["dim"]).to(device)
+    model.train()
+    optimizer = torch.optim.Adam(
+        model.online_parameters(), lr=1e-3, eps=1e-8, weight_decay=1e-6
+    )
+    shape = (batch, s["channels"], s["size"], s["size"])
+    inputs = [
+        (torch.randn(shape, device=device), torch.randn(shape, device=device))
+        for _ in range(4)
+    ]
+
+    def run(n):
+        loss = None
+        for i in range(n):
+            v1, v2 = inputs[i % len(inputs)]
+            loss = step(model, optimizer, v1, v2, 0.99)
+        if loss is not None:
+            loss.item()  # wait for the device
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    run(warmup)
+    start = time.perf_counter()
+    run(steps)
+    seconds = time.perf_counter() - start
+    return {
+        "name": s["name"],
+        "batch": batch,
+        "steps": steps,
+        "images_per_sec": steps * batch / seconds,
+        "ms_per_step": 1e3 * seconds / steps,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "torch": torch.__version__,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=[*SETTINGS, "all"], default="all")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    names = list(SETTINGS) if args.model == "all" else [args.model]
+    for name in names:
+        print(json.dumps(bench(name, args.batch, args.steps, args.warmup, args.device)),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+//! Benchmarks of the training step, for `cargo xtask bench`. Figures from
+//! here go in docs/results.md with the command that made them; they are
+//! never asserted by tests.
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::backend::AutodiffBackend;
+use byol_model::{Byol, ResNet};
+use serde::Serialize;
+
+use crate::config::{ModelConfig, OptimizerKind};
+use crate::{ByolOptimizer, TrainError, byol_step};
+
+/// One BYOL step setting to time.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepBenchConfig {
+    /// Short name printed in the table.
+    pub name: String,
+    /// Encoder and heads.
+    pub model: ModelConfig,
+    /// Image channels.
+    pub channels: usize,
+    /// Image side.
+    pub size: usize,
+    /// Images per step (each gives two views).
+    pub batch_size: usize,
+    /// Untimed steps first (allocator and caches warm up).
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+}
+
+/// What [`bench_step`] measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepBenchResult {
+    /// The setting.
+    pub config: StepBenchConfig,
+    /// Images (not views) per second over the timed steps.
+    pub images_per_sec: f64,
+    /// Mean wall time of one step, in milliseconds.
+    pub ms_per_step: f64,
+    /// Peak resident memory of the process so far, in MiB (Linux; `None`
+    /// elsewhere). Host memory: on a GPU backend it does not include the
+    /// device's.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Times the full BYOL step of [`byol_step`] — both views through the
+/// online network with backward, both through the target, the Adam step and
+/// the EMA update — on random images, so that data loading is not counted.
+///
+/// # Errors
+///
+/// [`TrainError::InvalidConfig`] for a zero batch, step count or size, or an
+/// invalid encoder config.
+pub fn bench_step<B: AutodiffBackend>(
+    config: &StepBenchConfig,
+    device: &B::Device,
+) -> Result<StepBenchResult, TrainError> {
+    for (key, v) in [
+        ("batch_size", config.batch_size),
+        ("steps", config.steps),
+        ("size", config.size),
+    ] {
+        if v == 0 {
+            return Err(TrainError::InvalidConfig {
+                key: format!("bench.{key}"),
+                value: "0".into(),
+                expected: "at least 1".into(),
+            });
+        }
+    }
+    let encoder = config.model.encoder_config(config.channels);
+    encoder.validate("model")?;
+    B::seed(device, 0);
+    let mut model: Byol<B, ResNet<B>> = Byol::new(
+        encoder.init(device),
+        encoder.init(device),
+        &config.model.heads_config(),
+        device,
+    );
+    let mut optimizer = ByolOptimizer::new(OptimizerKind::Adam, 1e-6, 0.9);
+    let shape = [config.batch_size, config.channels, config.size, config.size];
+    // inputs made before the clock starts, reused in turn
+    let inputs: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = (0..4)
+        .map(|_| {
+            (
+                Tensor::random(shape, Distribution::Normal(0.0, 1.0), device),
+                Tensor::random(shape, Distribution::Normal(0.0, 1.0), device),
+            )
+        })
+        .collect();
+    let mut run = |model: Byol<B, ResNet<B>>, n: usize| {
+        let mut model = model;
+        let mut last = None;
+        for i in 0..n {
+            let (v1, v2) = inputs[i % inputs.len()].clone();
+            let (next, loss) = byol_step(model, &mut optimizer, v1, v2, 1e-3, 0.99);
+            model = next;
+            last = Some(loss);
+        }
+        // wait for the device before the clock stops
+        if let Some(loss) = last {
+            let _: f32 = loss.into_scalar().elem();
+        }
+        model
+    };
+    model = run(model, config.warmup);
+    let start = Instant::now();
+    let _model = run(model, config.steps);
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(StepBenchResult {
+        config: config.clone(),
+        images_per_sec: (config.steps * config.batch_size) as f64 / seconds,
+        ms_per_step: 1e3 * seconds / config.steps as f64,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Peak resident set size of this process (`VmHWM`), in MiB, on Linux.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
