@@ -116,7 +116,10 @@ pub fn knn_classify<B: Backend>(
     while start < n_queries {
         let end = (start + chunk).min(n_queries);
         // [rows, n_bank]
-        let sim = queries.clone().narrow(0, start, end - start).matmul(bank_t.clone());
+        let sim = queries
+            .clone()
+            .narrow(0, start, end - start)
+            .matmul(bank_t.clone());
         let sim: Vec<f32> = sim
             .into_data()
             .to_vec::<f32>()

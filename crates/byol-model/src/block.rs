@@ -5,12 +5,28 @@
 //! ReLU gain) for convolutions, BatchNorm γ = 1 and β = 0, no conv bias.
 
 use burn::module::Initializer;
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::norm::batch_norm;
+use crate::norm::{Norm, NormKind, conv_forward};
+
+/// How a block normalises: the layer kind, GroupNorm's group count, and
+/// whether convolutions standardise their weights (with GroupNorm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NormSpec {
+    /// Layer kind.
+    pub kind: NormKind,
+    /// Groups of GroupNorm (at most the channel count).
+    pub groups: usize,
+}
+
+impl NormSpec {
+    pub(crate) fn init<B: Backend>(&self, channels: usize, device: &B::Device) -> Norm<B> {
+        self.kind.init(channels, self.groups, device)
+    }
+}
 
 /// A `k×k` convolution without bias, initialised as torchvision's ResNet.
 pub(crate) fn conv(
@@ -36,20 +52,30 @@ pub(crate) fn conv(
 pub struct Downsample<B: Backend> {
     /// 1×1 convolution with the block's stride.
     pub conv: Conv2d<B>,
-    /// BatchNorm after it.
-    pub bn: BatchNorm<B>,
+    /// Normalisation after it.
+    pub bn: Norm<B>,
+    /// Whether `conv` standardises its weights.
+    pub standardize: bool,
 }
 
 impl<B: Backend> Downsample<B> {
-    fn new(channels_in: usize, channels_out: usize, stride: usize, device: &B::Device) -> Self {
+    fn new(
+        channels_in: usize,
+        channels_out: usize,
+        stride: usize,
+        norm: NormSpec,
+        device: &B::Device,
+    ) -> Self {
         Self {
             conv: conv(channels_in, channels_out, 1, stride).init(device),
-            bn: BatchNormConfig::new(channels_out).init(device),
+            bn: norm.init(channels_out, device),
+            standardize: norm.kind.standardizes_weights(),
         }
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        batch_norm(&self.bn, self.conv.forward(x))
+        self.bn
+            .forward(conv_forward(&self.conv, x, self.standardize))
     }
 }
 
@@ -59,27 +85,36 @@ impl<B: Backend> Downsample<B> {
 pub struct BasicBlock<B: Backend> {
     /// First 3×3 convolution, carries the stride.
     pub conv1: Conv2d<B>,
-    /// BatchNorm after `conv1`.
-    pub bn1: BatchNorm<B>,
+    /// Normalisation after `conv1`.
+    pub bn1: Norm<B>,
     /// Second 3×3 convolution.
     pub conv2: Conv2d<B>,
-    /// BatchNorm after `conv2`.
-    pub bn2: BatchNorm<B>,
+    /// Normalisation after `conv2`.
+    pub bn2: Norm<B>,
     /// Shortcut projection when the shape changes.
     pub downsample: Option<Downsample<B>>,
+    /// Whether the convolutions standardise their weights.
+    pub standardize: bool,
 }
 
 impl<B: Backend> BasicBlock<B> {
     /// A block mapping `channels_in` to `planes` channels with `stride`.
-    pub fn new(channels_in: usize, planes: usize, stride: usize, device: &B::Device) -> Self {
+    pub fn new(
+        channels_in: usize,
+        planes: usize,
+        stride: usize,
+        norm: NormSpec,
+        device: &B::Device,
+    ) -> Self {
         let downsample = (stride != 1 || channels_in != planes)
-            .then(|| Downsample::new(channels_in, planes, stride, device));
+            .then(|| Downsample::new(channels_in, planes, stride, norm, device));
         Self {
             conv1: conv(channels_in, planes, 3, stride).init(device),
-            bn1: BatchNormConfig::new(planes).init(device),
+            bn1: norm.init(planes, device),
             conv2: conv(planes, planes, 3, 1).init(device),
-            bn2: BatchNormConfig::new(planes).init(device),
+            bn2: norm.init(planes, device),
             downsample,
+            standardize: norm.kind.standardizes_weights(),
         }
     }
 
@@ -90,8 +125,9 @@ impl<B: Backend> BasicBlock<B> {
             Some(d) => d.forward(x.clone()),
             None => x.clone(),
         };
-        let out = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
-        let out = batch_norm(&self.bn2, self.conv2.forward(out));
+        let ws = self.standardize;
+        let out = relu(self.bn1.forward(conv_forward(&self.conv1, x, ws)));
+        let out = self.bn2.forward(conv_forward(&self.conv2, out, ws));
         relu(out + identity)
     }
 }
@@ -102,18 +138,20 @@ impl<B: Backend> BasicBlock<B> {
 pub struct Bottleneck<B: Backend> {
     /// 1×1 reduction.
     pub conv1: Conv2d<B>,
-    /// BatchNorm after `conv1`.
-    pub bn1: BatchNorm<B>,
+    /// Normalisation after `conv1`.
+    pub bn1: Norm<B>,
     /// 3×3 convolution, carries the stride.
     pub conv2: Conv2d<B>,
-    /// BatchNorm after `conv2`.
-    pub bn2: BatchNorm<B>,
+    /// Normalisation after `conv2`.
+    pub bn2: Norm<B>,
     /// 1×1 expansion to `4 × planes`.
     pub conv3: Conv2d<B>,
-    /// BatchNorm after `conv3`.
-    pub bn3: BatchNorm<B>,
+    /// Normalisation after `conv3`.
+    pub bn3: Norm<B>,
     /// Shortcut projection when the shape changes.
     pub downsample: Option<Downsample<B>>,
+    /// Whether the convolutions standardise their weights.
+    pub standardize: bool,
 }
 
 /// Output channels of a bottleneck relative to its `planes`.
@@ -121,18 +159,25 @@ pub const BOTTLENECK_EXPANSION: usize = 4;
 
 impl<B: Backend> Bottleneck<B> {
     /// A block mapping `channels_in` to `4 × planes` channels with `stride`.
-    pub fn new(channels_in: usize, planes: usize, stride: usize, device: &B::Device) -> Self {
+    pub fn new(
+        channels_in: usize,
+        planes: usize,
+        stride: usize,
+        norm: NormSpec,
+        device: &B::Device,
+    ) -> Self {
         let out = planes * BOTTLENECK_EXPANSION;
         let downsample = (stride != 1 || channels_in != out)
-            .then(|| Downsample::new(channels_in, out, stride, device));
+            .then(|| Downsample::new(channels_in, out, stride, norm, device));
         Self {
             conv1: conv(channels_in, planes, 1, 1).init(device),
-            bn1: BatchNormConfig::new(planes).init(device),
+            bn1: norm.init(planes, device),
             conv2: conv(planes, planes, 3, stride).init(device),
-            bn2: BatchNormConfig::new(planes).init(device),
+            bn2: norm.init(planes, device),
             conv3: conv(planes, out, 1, 1).init(device),
-            bn3: BatchNormConfig::new(out).init(device),
+            bn3: norm.init(out, device),
             downsample,
+            standardize: norm.kind.standardizes_weights(),
         }
     }
 
@@ -143,9 +188,10 @@ impl<B: Backend> Bottleneck<B> {
             Some(d) => d.forward(x.clone()),
             None => x.clone(),
         };
-        let out = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
-        let out = relu(batch_norm(&self.bn2, self.conv2.forward(out)));
-        let out = batch_norm(&self.bn3, self.conv3.forward(out));
+        let ws = self.standardize;
+        let out = relu(self.bn1.forward(conv_forward(&self.conv1, x, ws)));
+        let out = relu(self.bn2.forward(conv_forward(&self.conv2, out, ws)));
+        let out = self.bn3.forward(conv_forward(&self.conv3, out, ws));
         relu(out + identity)
     }
 }

@@ -29,10 +29,10 @@ mod head;
 mod norm;
 mod resnet;
 
-pub use block::{BasicBlock, Block, Bottleneck, Downsample};
+pub use block::{BasicBlock, Block, Bottleneck, Downsample, NormSpec};
 pub use byol::{Byol, ByolOutput, HeadsConfig, OnlineNetwork, TargetNetwork};
 pub use head::{MlpHead, MlpHeadConfig};
-pub use norm::batch_norm;
+pub use norm::{Identity, Norm, NormKind, batch_norm, conv_forward, group_norm};
 pub use resnet::{BlockKind, ResNet, ResNetConfig, Stage, Stem};
 
 use burn::prelude::*;

@@ -1,4 +1,8 @@
-//! BatchNorm forward, written for speed on burn's CPU backend.
+//! The encoder's normalisation layers — BatchNorm, GroupNorm with weight
+//! standardisation, or none — with forwards written for speed on burn's CPU
+//! backend.
+//!
+//! ## BatchNorm
 //!
 //! burn's own `BatchNorm::forward` broadcasts `[1, C, 1, 1]` statistics over
 //! `[N, C, H, W]` activations. On the Flex backend (burn 0.21) that broadcast
@@ -16,8 +20,152 @@
 //! trained the same way. Normalisation itself uses the biased variance, as
 //! both libraries do.
 
-use burn::nn::BatchNorm;
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig};
 use burn::prelude::*;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use serde::{Deserialize, Serialize};
+
+/// The normalisation of the encoder's convolutions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// BatchNorm after every convolution (torchvision, the paper).
+    #[default]
+    Batch,
+    /// GroupNorm after every convolution, whose weights are standardised
+    /// (zero mean, unit variance per output channel) at every forward.
+    ///
+    /// "BYOL works even without batch statistics": "we replace BN by [...]
+    /// group normalization and weight standardization"
+    /// [Richemond et al. 2020, arXiv:2010.10241].
+    GroupWs,
+    /// No normalisation (an ablation: expect slower, less stable training).
+    None,
+}
+
+/// A parameter-free stand-in where the encoder has no normalisation.
+#[derive(Module, Clone, Debug)]
+pub struct Identity {
+    /// Channels it passes through (for display and checks only).
+    pub channels: usize,
+}
+
+/// One normalisation layer of the encoder, of the kind of [`NormKind`].
+#[derive(Module, Debug)]
+pub enum Norm<B: Backend> {
+    /// See [`NormKind::Batch`].
+    Batch(BatchNorm<B>),
+    /// See [`NormKind::GroupWs`] (the GroupNorm half).
+    Group(GroupNorm<B>),
+    /// See [`NormKind::None`].
+    Identity(Identity),
+}
+
+impl NormKind {
+    /// A layer for `channels` channels; GroupNorm uses
+    /// `min(groups, channels)` groups.
+    ///
+    /// # Panics
+    ///
+    /// When GroupNorm's group count does not divide `channels` (checked by
+    /// the config validation first).
+    pub fn init<B: Backend>(self, channels: usize, groups: usize, device: &B::Device) -> Norm<B> {
+        match self {
+            NormKind::Batch => Norm::Batch(BatchNormConfig::new(channels).init(device)),
+            NormKind::GroupWs => {
+                Norm::Group(GroupNormConfig::new(groups.min(channels), channels).init(device))
+            }
+            NormKind::None => Norm::Identity(Identity { channels }),
+        }
+    }
+
+    /// Whether convolutions standardise their weights under this kind.
+    pub fn standardizes_weights(self) -> bool {
+        self == NormKind::GroupWs
+    }
+}
+
+impl<B: Backend> Norm<B> {
+    /// # Shapes
+    /// `[batch, channels, height, width]` → same shape
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            Norm::Batch(bn) => batch_norm(bn, x),
+            Norm::Group(gn) => group_norm(gn, x),
+            Norm::Identity(_) => x,
+        }
+    }
+}
+
+/// GroupNorm: statistics over each group of channels of each sample, then a
+/// per-channel affine map. Reshaped to `[N, G, C/G·H·W]` rows so that Flex
+/// runs every broadcast as a per-row scalar.
+///
+/// # Shapes
+/// `[batch, channels, ...]` → same shape
+///
+/// # Panics
+///
+/// When the channels differ from the layer's.
+pub fn group_norm<B: Backend, const D: usize>(gn: &GroupNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let (n, c) = (dims[0], dims[1]);
+    assert_eq!(
+        c, gn.num_channels,
+        "GroupNorm channels should match its input"
+    );
+    let g = gn.num_groups;
+    let rest: usize = dims[2..].iter().product();
+    let per_group = c / g * rest;
+    let x = x.reshape([n, g, per_group]);
+    let mean = x.clone().mean_dim(2); // [n, g, 1]
+    let centered = x - mean;
+    let var = centered.clone().square().mean_dim(2);
+    let normed = (centered / var.add_scalar(gn.epsilon).sqrt()).reshape([n, c, rest]);
+    let y = match (&gn.gamma, &gn.beta) {
+        (Some(gamma), Some(beta)) => {
+            let per_row = |v: Tensor<B, 1>| v.reshape([1, c, 1]).repeat_dim(0, n);
+            normed * per_row(gamma.val()) + per_row(beta.val())
+        }
+        _ => normed,
+    };
+    y.reshape(dims)
+}
+
+/// A convolution of `conv`'s weights, standardised per output channel
+/// first when `standardize` is set: `ŵ = (w − mean) / √(var + 1e-5)` over
+/// each filter's `in × k × k` values [Qiao et al. 2019, arXiv:1903.10520].
+/// Padding is `kernel / 2` on every side, as every convolution of this
+/// crate is built.
+///
+/// # Shapes
+/// `[batch, in, h, w]` → `[batch, out, h / stride, w / stride]`
+pub fn conv_forward<B: Backend>(
+    conv: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    standardize: bool,
+) -> Tensor<B, 4> {
+    if !standardize {
+        return conv.forward(x);
+    }
+    let w = conv.weight.val();
+    let [out, inp, kh, kw] = w.dims();
+    let flat = w.reshape([out, inp * kh * kw]);
+    let mean = flat.clone().mean_dim(1);
+    let centered = flat - mean;
+    let var = centered.clone().square().mean_dim(1);
+    let w = (centered / var.add_scalar(1e-5).sqrt()).reshape([out, inp, kh, kw]);
+    let options = ConvOptions::new(
+        conv.stride,
+        [conv.kernel_size[0] / 2, conv.kernel_size[1] / 2],
+        conv.dilation,
+        conv.groups,
+    );
+    conv2d(x, w, conv.bias.as_ref().map(|b| b.val()), options)
+}
 
 /// `y = (x − mean) / √(var + ε) · γ + β` per channel (dim 1), with batch
 /// statistics when the backend tracks gradients and running statistics
@@ -98,7 +246,6 @@ mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
     use burn::module::{Param, RunningState};
-    use burn::nn::BatchNormConfig;
     use burn::tensor::Distribution;
 
     type A = Autodiff<Flex>;
@@ -168,6 +315,70 @@ mod tests {
         assert!(
             (var[0] - (0.9 + 0.2)).abs() < 1e-6 && (var[1] - 0.9).abs() < 1e-6,
             "{var:?}"
+        );
+    }
+
+    #[test]
+    fn group_norm_matches_burn_group_norm() {
+        let device = Default::default();
+        let gn = GroupNormConfig::new(2, 4).init::<A>(&device);
+        let gn = GroupNorm {
+            gamma: Some(Param::from_tensor(Tensor::from_floats(
+                [1.0, 2.0, -1.0, 0.5],
+                &device,
+            ))),
+            beta: Some(Param::from_tensor(Tensor::from_floats(
+                [0.0, 1.0, 2.0, -3.0],
+                &device,
+            ))),
+            ..gn
+        };
+        let x = Tensor::<A, 4>::random([3, 4, 5, 5], Distribution::Normal(1.0, 2.0), &device);
+        assert!(close(group_norm(&gn, x.clone()), gn.forward(x)) < 1e-4);
+    }
+
+    #[test]
+    fn standardized_convolution_equals_a_convolution_of_standardized_weights() {
+        let device = Default::default();
+        let conv = crate::block::conv(3, 4, 3, 2).init::<A>(&device);
+        let x = Tensor::<A, 4>::random([2, 3, 8, 8], Distribution::Default, &device);
+        // unstandardised: the plain convolution
+        assert!(
+            close(
+                conv_forward(&conv, x.clone(), false),
+                conv.forward(x.clone())
+            ) < 1e-6
+        );
+        // standardised weights, computed by hand, in a plain convolution
+        let w: Vec<f32> = conv.weight.val().into_data().to_vec().expect("f32");
+        let per = w.len() / 4;
+        let std_w: Vec<f32> = w
+            .chunks(per)
+            .flat_map(|f| {
+                let m = f.iter().sum::<f32>() / per as f32;
+                let v = f.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / per as f32;
+                f.iter()
+                    .map(move |x| (x - m) / (v + 1e-5).sqrt())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let by_hand = Conv2d {
+            weight: Param::from_tensor(
+                Tensor::<A, 1>::from_floats(std_w.as_slice(), &device).reshape([4, 3, 3, 3]),
+            ),
+            ..crate::block::conv(3, 4, 3, 2).init::<A>(&device)
+        };
+        assert!(close(conv_forward(&conv, x.clone(), true), by_hand.forward(x)) < 1e-4);
+    }
+
+    #[test]
+    fn no_norm_is_the_identity() {
+        let device = Default::default();
+        let norm = NormKind::None.init::<A>(3, 32, &device);
+        let x = Tensor::<A, 4>::random([2, 3, 4, 4], Distribution::Default, &device);
+        assert_eq!(close(norm.forward(x.clone()), x), 0.0);
+        assert!(
+            matches!(NormKind::GroupWs.init::<A>(16, 32, &device), Norm::Group(g) if g.num_groups == 16)
         );
     }
 

@@ -2,15 +2,15 @@
 //! `resnet34` and `resnet50` so that weights and behaviour can be checked
 //! against it, plus the small CPU encoder of the default run.
 
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
-use crate::block::{BOTTLENECK_EXPANSION, BasicBlock, Block, Bottleneck, conv};
-use crate::norm::batch_norm;
+use crate::block::{BOTTLENECK_EXPANSION, BasicBlock, Block, Bottleneck, NormSpec, conv};
+use crate::norm::{Norm, NormKind, conv_forward};
 use crate::{Encoder, ModelError};
 
 /// The first layers of the network, before the residual stages.
@@ -54,6 +54,11 @@ pub struct ResNetConfig {
     pub stem: Stem,
     /// Input channels: 1 (grayscale) or 3 (RGB).
     pub in_channels: usize,
+    /// Normalisation after each convolution.
+    pub norm: NormKind,
+    /// Groups of GroupNorm (with `norm = GroupWs`); must divide every
+    /// stage's width or exceed it (then one group per channel).
+    pub norm_groups: usize,
 }
 
 impl ResNetConfig {
@@ -90,7 +95,16 @@ impl ResNetConfig {
             width_multiplier: 1,
             stem: Stem::Imagenet,
             in_channels: 3,
+            norm: NormKind::Batch,
+            norm_groups: 32,
         }
+    }
+
+    /// Returns the config with another normalisation.
+    pub fn with_norm(mut self, norm: NormKind, groups: usize) -> Self {
+        self.norm = norm;
+        self.norm_groups = groups;
+        self
     }
 
     /// Returns the config with another stem.
@@ -139,6 +153,19 @@ impl ResNetConfig {
         if self.width_multiplier == 0 {
             return bad("width_multiplier", "0".into(), "an integer >= 1");
         }
+        if self.norm == NormKind::GroupWs {
+            let base = self.base_width * self.width_multiplier;
+            let bad_width = (0..self.layers.len()).map(|i| base << i).find(|&w| {
+                self.norm_groups == 0 || (self.norm_groups < w && w % self.norm_groups != 0)
+            });
+            if let Some(w) = bad_width {
+                return bad(
+                    "norm_groups",
+                    self.norm_groups.to_string(),
+                    &format!("a positive number of groups dividing every width (here {w})"),
+                );
+            }
+        }
         if self.layers.is_empty() || self.layers.contains(&0) {
             return bad(
                 "layers",
@@ -163,6 +190,10 @@ impl ResNetConfig {
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init()
         });
+        let norm = NormSpec {
+            kind: self.norm,
+            groups: self.norm_groups,
+        };
         let mut channels = stem_width;
         let stages = self
             .layers
@@ -174,12 +205,12 @@ impl ResNetConfig {
                     .map(|j| {
                         let stride = if i > 0 && j == 0 { 2 } else { 1 };
                         let block = match self.block {
-                            BlockKind::Basic => {
-                                Block::Basic(BasicBlock::new(channels, planes, stride, device))
-                            }
-                            BlockKind::Bottleneck => {
-                                Block::Bottleneck(Bottleneck::new(channels, planes, stride, device))
-                            }
+                            BlockKind::Basic => Block::Basic(BasicBlock::new(
+                                channels, planes, stride, norm, device,
+                            )),
+                            BlockKind::Bottleneck => Block::Bottleneck(Bottleneck::new(
+                                channels, planes, stride, norm, device,
+                            )),
                         };
                         channels = match self.block {
                             BlockKind::Basic => planes,
@@ -193,10 +224,11 @@ impl ResNetConfig {
             .collect();
         ResNet {
             conv1: conv(self.in_channels, stem_width, kernel, stride).init(device),
-            bn1: BatchNormConfig::new(stem_width).init(device),
+            bn1: norm.init(stem_width, device),
             maxpool,
             stages,
             output_dim: channels,
+            standardize: self.norm.standardizes_weights(),
         }
     }
 }
@@ -217,14 +249,16 @@ pub struct Stage<B: Backend> {
 pub struct ResNet<B: Backend> {
     /// Stem convolution.
     pub conv1: Conv2d<B>,
-    /// Stem BatchNorm.
-    pub bn1: BatchNorm<B>,
+    /// Stem normalisation.
+    pub bn1: Norm<B>,
     /// Stem max-pool (ImageNet stem only).
     pub maxpool: Option<MaxPool2d>,
     /// Residual stages.
     pub stages: Vec<Stage<B>>,
     /// Dimension of the output features.
     pub output_dim: usize,
+    /// Whether the stem convolution standardises its weights.
+    pub standardize: bool,
 }
 
 impl<B: Backend> ResNet<B> {
@@ -237,7 +271,10 @@ impl<B: Backend> ResNet<B> {
     ///
     /// When the input's channels differ from the configured `in_channels`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
+        let x = relu(
+            self.bn1
+                .forward(conv_forward(&self.conv1, x, self.standardize)),
+        );
         let mut x = match &self.maxpool {
             Some(pool) => pool.forward(x),
             None => x,
