@@ -167,6 +167,19 @@ pub trait Dataset: Send + Sync {
     }
 }
 
+/// A summary (length, channels, classes, first sample's name), so that
+/// structs holding a `Box<dyn Dataset>` can derive `Debug`.
+impl std::fmt::Debug for dyn Dataset + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("dyn Dataset")
+            .field("len", &self.len())
+            .field("channels", &self.channels())
+            .field("num_classes", &self.num_classes())
+            .field("first", &(!self.is_empty()).then(|| self.name(0)))
+            .finish()
+    }
+}
+
 macro_rules! forward_dataset {
     ($($ty:ty),*) => {$(
         impl<D: Dataset + ?Sized> Dataset for $ty {
