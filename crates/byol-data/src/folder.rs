@@ -210,7 +210,9 @@ fn check_header(path: &Path) -> Result<(), String> {
     if reader.format().is_none() {
         return Err("not a recognised image format".to_string());
     }
-    let (width, height) = reader.into_dimensions().map_err(|e| e.to_string())?;
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| format!("image header does not decode: {e}"))?;
     if width == 0 || height == 0 {
         return Err(format!("empty image ({width}×{height})"));
     }
