@@ -458,6 +458,78 @@ mod tests {
     }
 
     #[test]
+    fn valid_idx_truncated_anywhere_is_an_error_never_a_panic() {
+        let images = idx_bytes(IMAGES_MAGIC, &[3, 4, 5], &[7; 60]);
+        let labels = idx_bytes(LABELS_MAGIC, &[3], &[1, 2, 3]);
+        assert!(parse_idx_images(Path::new("i"), &images).is_ok());
+        assert!(parse_idx_labels(Path::new("l"), &labels).is_ok());
+        for cut in 0..images.len() {
+            let err = parse_idx_images(Path::new("i"), &images[..cut]);
+            assert!(err.is_err(), "images cut at {cut} should fail");
+        }
+        for cut in 0..labels.len() {
+            let err = parse_idx_labels(Path::new("l"), &labels[..cut]);
+            assert!(err.is_err(), "labels cut at {cut} should fail");
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_in_the_byte_parsers() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        for _ in 0..2000 {
+            let len = rng.random_range(0..48);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            if bytes.len() >= 4 && rng.random_bool(0.7) {
+                let magic = if rng.random_bool(0.5) {
+                    IMAGES_MAGIC
+                } else {
+                    LABELS_MAGIC
+                };
+                bytes[..4].copy_from_slice(&magic.to_be_bytes());
+                // Small dimensions so some headers match their payload.
+                for d in bytes[4..].chunks_mut(4).take(3) {
+                    let small = rng.random_range(0..4u32).to_be_bytes();
+                    d.copy_from_slice(&small[4 - d.len()..]);
+                }
+            }
+            if let Ok(set) = parse_idx_images(Path::new("r"), &bytes) {
+                assert_eq!(set.pixels.len() + 16, bytes.len());
+            }
+            if let Ok(labels) = parse_idx_labels(Path::new("r"), &bytes) {
+                assert_eq!(labels.len() + 8, bytes.len());
+            }
+        }
+    }
+
+    #[test]
+    fn idx_dataset_yields_u32_labels_and_named_samples_through_the_trait() {
+        let images = ImageSet {
+            pixels: vec![1, 2, 3, 4],
+            height: 1,
+            width: 2,
+            channels: 1,
+        };
+        let ds = IdxDataset::new(images, Some(vec![4, 2]), "x.gz").expect("2 images, 2 labels");
+        let d: &dyn Dataset = &ds;
+        assert_eq!((d.len(), d.channels(), d.num_classes()), (2, 1, Some(5)));
+        assert_eq!((d.label(1), d.name(1)), (Some(2), "x.gz#1".to_string()));
+        assert_eq!(d.image(1).expect("in range").pixels, vec![3, 4]);
+        assert!(matches!(
+            d.image(2),
+            Err(DataError::IndexOutOfRange { index: 2, .. })
+        ));
+        assert!(matches!(
+            IdxDataset::new(ds.images.clone(), Some(vec![1]), "x"),
+            Err(DataError::CountMismatch {
+                n_images: 2,
+                n_labels: 1,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn trailing_bytes_are_rejected() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = write(dir.path(), "l", &idx_bytes(LABELS_MAGIC, &[2], &[1, 2, 3]));

@@ -445,3 +445,34 @@ fn shipped_idx_sample_opens_through_the_trait() {
     assert!(ds.label(0).is_some_and(|l| l < 10));
     assert_eq!(ds.name(5), "t10k-images-idx3-ubyte.gz#5");
 }
+
+#[test]
+fn cifar_and_stl10_files_cut_anywhere_fail_to_open_with_a_typed_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    write_cifar10(dir.path(), "test_batch.bin", 2, &mut rng);
+    write_stl10(dir.path(), "test_X.bin", Some("test_y.bin"), 2, &mut rng);
+    for (name, format) in [
+        ("test_batch.bin", Format::Cifar10),
+        ("test_X.bin", Format::Stl10),
+    ] {
+        let path = dir.path().join(name);
+        let whole = std::fs::read(&path).expect("readable");
+        let record = whole.len() / 2;
+        let cuts = (0..whole.len())
+            .step_by(37)
+            .chain([1, record - 1, record + 1, whole.len() - 1]);
+        for cut in cuts {
+            std::fs::write(&path, &whole[..cut]).expect("writable");
+            match open(dir.path(), format, Split::Test, &opts()) {
+                Err(
+                    DataError::RecordSize { .. }
+                    | DataError::EmptyFile { .. }
+                    | DataError::CountMismatch { .. },
+                ) => {}
+                other => panic!("{name} cut at {cut}: expected a size error, got {other:?}"),
+            }
+        }
+        std::fs::write(&path, &whole).expect("writable");
+    }
+}
