@@ -214,8 +214,8 @@ fn chw_to_hwc(chw: &[u8], hwc: &mut [u8]) {
 /// Samples are in file order, files in the order of their names
 /// (`data_batch_1.bin` .. `data_batch_5.bin`), and are named
 /// `data_batch_3.bin#123` (record 123 of that file). Images are 32×32 RGB,
-/// HWC. Memory: the decoded pixels (150 MB for the 50,000 training images)
-/// plus, while opening, one file's bytes.
+/// HWC. Memory: the decoded pixels (154 MB for the 50,000 training images)
+/// plus, while opening, one file's bytes and its decoded copy.
 #[derive(Debug, Clone)]
 pub struct CifarDataset {
     kind: CifarKind,
@@ -261,7 +261,11 @@ impl CifarDataset {
             })?;
             let records = parse_cifar(&path, &bytes, kind)?;
             files.push((name.to_string(), labels.len()));
-            pixels.extend_from_slice(&records.images.pixels);
+            if pixels.is_empty() {
+                pixels = records.images.pixels;
+            } else {
+                pixels.extend_from_slice(&records.images.pixels);
+            }
             labels.extend(records.labels.into_iter().flatten());
         }
         let class_names = match kind {

@@ -13,7 +13,7 @@
 //!
 //! Only the relative paths are held in memory, in one string arena: about
 //! the length of the paths plus 8 bytes per file (ImageNet's 1.28 million
-//! training files take about 60 MB). Images are decoded on each call.
+//! training files take about 50 MB). Images are decoded on each call.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
