@@ -100,7 +100,6 @@ pub struct Image {
 
 impl Image {
     /// Borrows the image, in the form the augmentations take.
-    #[allow(clippy::should_implement_trait)]
     pub fn as_ref(&self) -> ImageRef<'_> {
         ImageRef {
             pixels: &self.pixels,
