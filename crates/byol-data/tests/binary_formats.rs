@@ -381,6 +381,11 @@ fn stl10_bad_labels_are_typed_errors_naming_the_label_file() {
             ..
         }
     ));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("train_X.bin") && msg.contains("train_y.bin"),
+        "{msg}"
+    );
 
     std::fs::remove_file(dir.path().join("train_y.bin")).expect("removable");
     let err = open(dir.path(), Format::Stl10, Split::Train, &opts()).expect_err("no labels");
@@ -402,6 +407,10 @@ fn unlabeled_splits_exist_only_for_stl10() {
                 ..
             }
         ));
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
     }
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fashion-mnist-sample");
     let err = open(&sample, Format::Auto, Split::Unlabeled, &opts()).expect_err("IDX");

@@ -340,6 +340,11 @@ fn flat_folder_is_unlabelled_training_data_without_test_split() {
             ..
         }
     ));
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&dir.path().display().to_string()) && msg.contains("val/"),
+        "{msg}"
+    );
     let err = open(
         dir.path(),
         Format::Folder,
