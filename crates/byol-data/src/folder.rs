@@ -284,8 +284,9 @@ impl FolderDataset {
     /// [`DataError::Io`] when `root` cannot be listed,
     /// [`DataError::NoSplit`] / [`DataError::UnsupportedSplit`] for splits
     /// the folder does not have, [`DataError::CorruptFiles`] listing every bad
-    /// file with [`OnCorrupt::Fail`], and [`DataError::EmptyFolder`] when no
-    /// usable image is left.
+    /// file with [`OnCorrupt::Fail`] (and with [`OnCorrupt::Skip`] when
+    /// every image is bad), and [`DataError::EmptyFolder`] when there is no
+    /// image file at all.
     pub fn open(root: &Path, split: Split, options: &OpenOptions<'_>) -> Result<Self, DataError> {
         let (dir, train) = split_root(root, split)?;
         let io = |path: &Path| {
@@ -393,6 +394,10 @@ impl FolderDataset {
         }
         for s in &mut class_starts[next_class..] {
             *s = ends.len();
+        }
+        if ends.is_empty() && !bad.is_empty() {
+            // Skipping left nothing: say why rather than "no image found".
+            return Err(DataError::CorruptFiles { dir, files: bad });
         }
         if ends.is_empty() {
             return Err(DataError::EmptyFolder {

@@ -204,6 +204,17 @@ fn skip_drops_bad_files_and_reports_them() {
 }
 
 #[test]
+fn skip_with_only_bad_files_fails_listing_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = write(dir.path(), "x.png", b"not a png");
+    let err = open(dir.path(), Format::Folder, Split::Train, &skip()).expect_err("nothing left");
+    let DataError::CorruptFiles { files, .. } = &err else {
+        panic!("expected CorruptFiles, got {err:?}");
+    };
+    assert_eq!(files.iter().map(|f| &f.path).collect::<Vec<_>>(), [&bad]);
+}
+
+#[test]
 fn truncated_png_payload_passes_the_prescan_and_fails_at_decode() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = ChaCha8Rng::seed_from_u64(4);
