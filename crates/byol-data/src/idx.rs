@@ -10,36 +10,38 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use crate::{DataError, ImageSet};
+use crate::{DataError, Dataset, Format, Image, ImageSet, Split, check_index};
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
 
-/// Which half of a dataset folder to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Split {
-    /// `train-images-idx3-ubyte[.gz]` and `train-labels-idx1-ubyte[.gz]`.
-    Train,
-    /// `t10k-images-idx3-ubyte[.gz]` and `t10k-labels-idx1-ubyte[.gz]`.
-    Test,
-}
-
-impl Split {
-    fn prefix(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Test => "t10k",
-        }
+/// File-name prefix of a split: `train-...` and `t10k-...`.
+fn prefix(dir: &Path, split: Split) -> Result<&'static str, DataError> {
+    match split {
+        Split::Train => Ok("train"),
+        Split::Test => Ok("t10k"),
+        Split::Unlabeled | Split::TrainUnlabeled => Err(DataError::UnsupportedSplit {
+            path: dir.to_path_buf(),
+            format: Format::Idx,
+            split,
+        }),
     }
 }
 
-/// Images with optional labels read from an IDX pair.
+/// Images with optional labels read from an IDX pair, held in memory
+/// (MNIST's 60,000 training images take 47 MB).
+///
+/// As a [`Dataset`] it yields single-channel images in file order; its
+/// number of classes is the largest label + 1 (IDX stores no class count) and
+/// its samples are named `train-images-idx3-ubyte.gz#123`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdxDataset {
     /// The images, single channel.
     pub images: ImageSet,
     /// One label per image, when a label file was found.
     pub labels: Option<Vec<u8>>,
+    /// File name of the images file, for sample names and errors.
+    source: String,
 }
 
 impl IdxDataset {
@@ -51,19 +53,21 @@ impl IdxDataset {
     ///
     /// # Errors
     ///
-    /// [`DataError::Missing`] when no images file exists, and any error of
+    /// [`DataError::Missing`] when no images file exists,
+    /// [`DataError::UnsupportedSplit`] for the STL-10-only splits, and any error of
     /// [`read_idx_images`] / [`read_idx_labels`], or
     /// [`DataError::CountMismatch`] when the two files disagree.
     pub fn load_dir(dir: impl AsRef<Path>, split: Split) -> Result<Self, DataError> {
         let dir = dir.as_ref();
+        let prefix = prefix(dir, split)?;
         let images_path =
-            find(dir, split.prefix(), "images-idx3-ubyte").ok_or_else(|| DataError::Missing {
+            find(dir, prefix, "images-idx3-ubyte").ok_or_else(|| DataError::Missing {
                 dir: dir.to_path_buf(),
                 what: "IDX images",
-                candidates: candidates(split.prefix(), "images-idx3-ubyte"),
+                candidates: candidates(prefix, "images-idx3-ubyte"),
             })?;
         let images = read_idx_images(&images_path)?;
-        let labels = match find(dir, split.prefix(), "labels-idx1-ubyte") {
+        let labels = match find(dir, prefix, "labels-idx1-ubyte") {
             Some(labels_path) => {
                 let labels = read_idx_labels(&labels_path)?;
                 if labels.len() != images.len() {
@@ -79,7 +83,37 @@ impl IdxDataset {
             None => None,
         };
         tracing::debug!(path = %images_path.display(), n = images.len(), labelled = labels.is_some(), "read IDX split");
-        Ok(Self { images, labels })
+        let source = file_name(&images_path);
+        Ok(Self {
+            images,
+            labels,
+            source,
+        })
+    }
+
+    /// Wraps images and optional labels already in memory; `source` names
+    /// them in sample names and errors.
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::CountMismatch`] when there are labels but not one per
+    /// image.
+    pub fn new(images: ImageSet, labels: Option<Vec<u8>>, source: &str) -> Result<Self, DataError> {
+        if let Some(l) = &labels
+            && l.len() != images.len()
+        {
+            return Err(DataError::CountMismatch {
+                images: source.into(),
+                n_images: images.len(),
+                labels: source.into(),
+                n_labels: l.len(),
+            });
+        }
+        Ok(Self {
+            images,
+            labels,
+            source: source.to_string(),
+        })
     }
 
     /// Number of images.
@@ -96,8 +130,62 @@ impl IdxDataset {
     pub fn take(&self, n: usize) -> Self {
         let images = self.images.take(n);
         let labels = self.labels.as_ref().map(|l| l[..images.len()].to_vec());
-        Self { images, labels }
+        Self {
+            images,
+            labels,
+            source: self.source.clone(),
+        }
     }
+}
+
+impl Dataset for IdxDataset {
+    fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    fn channels(&self) -> usize {
+        self.images.channels
+    }
+
+    fn image(&self, index: usize) -> Result<Image, DataError> {
+        check_index(&self.source, index, self.images.len())?;
+        Ok(self.images.to_image(index))
+    }
+
+    fn label(&self, index: usize) -> Option<u32> {
+        assert!(
+            index < self.images.len(),
+            "{}: index {index} out of range",
+            self.source
+        );
+        self.labels.as_ref().map(|l| u32::from(l[index]))
+    }
+
+    fn num_classes(&self) -> Option<usize> {
+        let labels = self.labels.as_ref()?;
+        Some(labels.iter().max().map_or(0, |&m| usize::from(m) + 1))
+    }
+
+    fn class_names(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    fn name(&self, index: usize) -> String {
+        assert!(
+            index < self.images.len(),
+            "{}: index {index} out of range",
+            self.source
+        );
+        format!("{}#{index}", self.source)
+    }
+}
+
+/// The last component of `path`, lossily as UTF-8.
+pub(crate) fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn candidates(prefix: &str, stem: &str) -> String {
@@ -126,9 +214,23 @@ fn find(dir: &Path, prefix: &str, stem: &str) -> Option<PathBuf> {
 /// [`DataError::TrailingBytes`] when its content does not match the format.
 pub fn read_idx_images(path: impl AsRef<Path>) -> Result<ImageSet, DataError> {
     let path = path.as_ref();
-    let (dims, pixels) = read_idx(path, IMAGES_MAGIC, "IDX u8 images [n, rows, cols]")?;
+    parse_idx_images(path, &read_all(path)?)
+}
+
+/// Parses the bytes of an IDX images file (`[n, rows, cols]` of `u8`, magic
+/// `0x00000803`, not gzipped). `source` only names the bytes in errors.
+///
+/// This is the pure parser behind [`read_idx_images`], exposed for fuzzing
+/// and for data already in memory.
+///
+/// # Errors
+///
+/// [`DataError::BadMagic`], [`DataError::BadHeader`],
+/// [`DataError::Truncated`] or [`DataError::TrailingBytes`].
+pub fn parse_idx_images(source: &Path, bytes: &[u8]) -> Result<ImageSet, DataError> {
+    let (dims, pixels) = parse_idx(source, bytes, IMAGES_MAGIC, "IDX u8 images [n, rows, cols]")?;
     let [_, rows, cols] = dims[..] else {
-        unreachable!("read_idx checked the number of dimensions from the magic")
+        unreachable!("parse_idx checked the number of dimensions from the magic")
     };
     Ok(ImageSet {
         pixels,
@@ -144,15 +246,23 @@ pub fn read_idx_images(path: impl AsRef<Path>) -> Result<ImageSet, DataError> {
 ///
 /// As [`read_idx_images`].
 pub fn read_idx_labels(path: impl AsRef<Path>) -> Result<Vec<u8>, DataError> {
-    let (_, labels) = read_idx(path.as_ref(), LABELS_MAGIC, "IDX u8 labels [n]")?;
+    let path = path.as_ref();
+    parse_idx_labels(path, &read_all(path)?)
+}
+
+/// Parses the bytes of an IDX labels file (`[n]` of `u8`, magic
+/// `0x00000801`, not gzipped). `source` only names the bytes in errors.
+///
+/// # Errors
+///
+/// As [`parse_idx_images`].
+pub fn parse_idx_labels(source: &Path, bytes: &[u8]) -> Result<Vec<u8>, DataError> {
+    let (_, labels) = parse_idx(source, bytes, LABELS_MAGIC, "IDX u8 labels [n]")?;
     Ok(labels)
 }
 
-fn read_idx(
-    path: &Path,
-    magic: u32,
-    what: &'static str,
-) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+/// Reads a whole file, decompressing it when its name ends in `.gz`.
+fn read_all(path: &Path) -> Result<Vec<u8>, DataError> {
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -165,7 +275,7 @@ fn read_idx(
     };
     let mut bytes = Vec::new();
     reader.read_to_end(&mut bytes).map_err(io)?;
-    parse_idx(path, &bytes, magic, what)
+    Ok(bytes)
 }
 
 /// Parses the bytes of an IDX file whose magic must be `magic`.
@@ -345,6 +455,78 @@ mod tests {
             let path = write(dir.path(), "h", &bytes);
             assert!(read_idx_images(&path).is_err(), "cut at {cut} should fail");
         }
+    }
+
+    #[test]
+    fn valid_idx_truncated_anywhere_is_an_error_never_a_panic() {
+        let images = idx_bytes(IMAGES_MAGIC, &[3, 4, 5], &[7; 60]);
+        let labels = idx_bytes(LABELS_MAGIC, &[3], &[1, 2, 3]);
+        assert!(parse_idx_images(Path::new("i"), &images).is_ok());
+        assert!(parse_idx_labels(Path::new("l"), &labels).is_ok());
+        for cut in 0..images.len() {
+            let err = parse_idx_images(Path::new("i"), &images[..cut]);
+            assert!(err.is_err(), "images cut at {cut} should fail");
+        }
+        for cut in 0..labels.len() {
+            let err = parse_idx_labels(Path::new("l"), &labels[..cut]);
+            assert!(err.is_err(), "labels cut at {cut} should fail");
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_in_the_byte_parsers() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        for _ in 0..2000 {
+            let len = rng.random_range(0..48);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            if bytes.len() >= 4 && rng.random_bool(0.7) {
+                let magic = if rng.random_bool(0.5) {
+                    IMAGES_MAGIC
+                } else {
+                    LABELS_MAGIC
+                };
+                bytes[..4].copy_from_slice(&magic.to_be_bytes());
+                // Small dimensions so some headers match their payload.
+                for d in bytes[4..].chunks_mut(4).take(3) {
+                    let small = rng.random_range(0..4u32).to_be_bytes();
+                    d.copy_from_slice(&small[4 - d.len()..]);
+                }
+            }
+            if let Ok(set) = parse_idx_images(Path::new("r"), &bytes) {
+                assert_eq!(set.pixels.len() + 16, bytes.len());
+            }
+            if let Ok(labels) = parse_idx_labels(Path::new("r"), &bytes) {
+                assert_eq!(labels.len() + 8, bytes.len());
+            }
+        }
+    }
+
+    #[test]
+    fn idx_dataset_yields_u32_labels_and_named_samples_through_the_trait() {
+        let images = ImageSet {
+            pixels: vec![1, 2, 3, 4],
+            height: 1,
+            width: 2,
+            channels: 1,
+        };
+        let ds = IdxDataset::new(images, Some(vec![4, 2]), "x.gz").expect("2 images, 2 labels");
+        let d: &dyn Dataset = &ds;
+        assert_eq!((d.len(), d.channels(), d.num_classes()), (2, 1, Some(5)));
+        assert_eq!((d.label(1), d.name(1)), (Some(2), "x.gz#1".to_string()));
+        assert_eq!(d.image(1).expect("in range").pixels, vec![3, 4]);
+        assert!(matches!(
+            d.image(2),
+            Err(DataError::IndexOutOfRange { index: 2, .. })
+        ));
+        assert!(matches!(
+            IdxDataset::new(ds.images.clone(), Some(vec![1]), "x"),
+            Err(DataError::CountMismatch {
+                n_images: 2,
+                n_labels: 1,
+                ..
+            })
+        ));
     }
 
     #[test]

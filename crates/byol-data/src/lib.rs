@@ -1,94 +1,268 @@
 //! Datasets for byol-rs.
 //!
-//! Images are kept as `u8` pixels in `(height, width, channels)` order, the
-//! layout every decoder produces; the augmentation crate turns them into
-//! normalised `f32` views. Today this crate reads the IDX format of the
-//! official MNIST and Fashion-MNIST downloads (gzipped or raw).
+//! Every format is read behind one object-safe trait, [`Dataset`], that the
+//! trainer and the evaluator consume: `len`, `channels`, `image(i)` (decoded
+//! on demand, `u8` pixels in `(height, width, channels)` order), `label(i)`
+//! and `name(i)`. [`open`] picks the reader from the files present:
+//!
+//! - IDX (MNIST, Fashion-MNIST; gzipped or raw) — [`IdxDataset`];
+//! - CIFAR-10 and CIFAR-100 binary — [`CifarDataset`];
+//! - STL-10 binary, including its 100,000 unlabelled images, read from disk
+//!   one record at a time — [`Stl10Dataset`];
+//! - folders of JPEG/PNG/... images, class subfolders as labels (ImageNet
+//!   layout) — [`FolderDataset`], converted to RGB as torchvision's
+//!   `ImageFolder` does.
+//!
+//! Bad input never panics: each reader returns a typed [`DataError`] that
+//! names the file and the offset or sample index. Image folders are
+//! pre-scanned when opened, and [`OnCorrupt`] decides whether a bad file stops
+//! the run (listing every bad file at once) or is dropped with a warning.
+//! `docs/data.md` describes the formats, file names, ordering and memory use.
 //!
 //! ```no_run
-//! use byol_data::{IdxDataset, Split};
-//! let train = IdxDataset::load_dir("data/fashion-mnist-sample", Split::Train)?;
-//! assert_eq!(train.images.image(0).pixels.len(), 28 * 28);
+//! use std::path::Path;
+//! use byol_data::{Format, OpenOptions, Split, open};
+//!
+//! let train = open(Path::new("data/cifar-10-batches-bin"), Format::Auto, Split::Train,
+//!                  &OpenOptions::default())?;
+//! let first = train.image(0)?;
+//! assert_eq!((first.height, first.width, first.channels), (32, 32, 3));
+//! println!("{}: class {:?} of {:?}", train.name(0), train.label(0), train.num_classes());
 //! # Ok::<(), byol_data::DataError>(())
 //! ```
+//!
+//! The parsers of the binary formats are also exposed over plain bytes
+//! ([`parse_idx_images`], [`parse_cifar`], [`parse_stl10`]) for fuzzing and for
+//! data already in memory.
 
+mod cifar;
+mod combine;
+mod error;
+mod folder;
 mod idx;
+mod open;
+mod stl10;
 
-pub use idx::{IdxDataset, Split, read_idx_images, read_idx_labels};
+pub use cifar::{Cifar100Labels, CifarDataset, CifarKind, parse_cifar};
+pub use combine::{Concat, Subset};
+pub use error::{BadFile, DataError};
+pub use folder::{FolderDataset, IMAGE_EXTENSIONS};
+pub use idx::{IdxDataset, parse_idx_images, parse_idx_labels, read_idx_images, read_idx_labels};
+pub use open::{Format, OnCorrupt, OpenOptions, detect, open};
+pub use stl10::{Stl10Dataset, parse_stl10};
 
-use std::path::PathBuf;
+pub(crate) use idx::file_name;
 
-/// Errors raised while reading datasets. Every variant names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    /// The file could not be opened or read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// The file does not start with the expected magic number.
-    #[error("{path}: bad magic number {found:#010x}, expected {expected:#010x} ({what})")]
-    BadMagic {
-        /// The file.
-        path: PathBuf,
-        /// The magic number read.
-        found: u32,
-        /// The magic number expected.
-        expected: u32,
-        /// What kind of file was expected.
-        what: &'static str,
-    },
-    /// The file ends before the size its header announces.
-    #[error("{path}: truncated: header announces {expected} bytes of data, found {found}")]
-    Truncated {
-        /// The file.
-        path: PathBuf,
-        /// Bytes of payload the header announces.
-        expected: u64,
-        /// Bytes of payload present.
-        found: u64,
-    },
-    /// The file is longer than its header announces.
-    #[error("{path}: {extra} unexpected trailing bytes after the data the header announces")]
-    TrailingBytes {
-        /// The file.
-        path: PathBuf,
-        /// Number of extra bytes.
-        extra: u64,
-    },
-    /// The header is well-formed but its values cannot be used.
-    #[error("{path}: invalid header: {reason}")]
-    BadHeader {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Images and labels disagree on the number of samples.
-    #[error("{images} holds {n_images} images but {labels} holds {n_labels} labels")]
-    CountMismatch {
-        /// The image file.
-        images: PathBuf,
-        /// Number of images.
-        n_images: usize,
-        /// The label file.
-        labels: PathBuf,
-        /// Number of labels.
-        n_labels: usize,
-    },
-    /// No file of the expected names exists in a folder.
-    #[error("{dir}: no {what} file found (looked for {candidates})")]
-    Missing {
-        /// The folder searched.
-        dir: PathBuf,
-        /// What was looked for.
-        what: &'static str,
-        /// The file names tried, comma separated.
-        candidates: String,
-    },
+use std::sync::Arc;
+
+/// Which part of a dataset to read.
+///
+/// Every format has `Train`; `Test` exists where the download has a test set
+/// (an image folder needs `val/` or `test/`); `Unlabeled` and
+/// `TrainUnlabeled` exist only for STL-10.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// The training set.
+    Train,
+    /// The test (or validation) set.
+    Test,
+    /// STL-10's 100,000 unlabelled images.
+    Unlabeled,
+    /// STL-10's 5,000 labelled training images followed by its 100,000
+    /// unlabelled ones (labels `None`): the usual self-supervised pool.
+    TrainUnlabeled,
+}
+
+/// Images and their labels parsed from bytes held in memory, as returned by
+/// the pure parsers ([`parse_cifar`], [`parse_stl10`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Records {
+    /// The images, HWC.
+    pub images: ImageSet,
+    /// One label per image, `0..num_classes`, when the format has labels.
+    pub labels: Option<Vec<u32>>,
+}
+
+/// An owned decoded image: `height × width × channels` bytes in row-major HWC
+/// order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// Pixel bytes, `height * width * channels` long.
+    pub pixels: Vec<u8>,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// Channels: 1 (grayscale) or 3 (RGB).
+    pub channels: usize,
+}
+
+impl Image {
+    /// Borrows the image, in the form the augmentations take.
+    pub fn as_ref(&self) -> ImageRef<'_> {
+        ImageRef {
+            pixels: &self.pixels,
+            height: self.height,
+            width: self.width,
+            channels: self.channels,
+        }
+    }
+}
+
+/// A source of images, decoded one at a time, with optional labels.
+///
+/// Object-safe and `Send + Sync`, so a `Box<dyn Dataset>` can be shared by
+/// data-loading threads. Indices run over `0..len()`; the order is fixed by
+/// each format and documented on its type.
+pub trait Dataset: Send + Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+
+    /// Whether there is no sample.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Channels of every image this dataset yields (1 or 3), known without
+    /// decoding.
+    fn channels(&self) -> usize;
+
+    /// Decodes sample `index`.
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::IndexOutOfRange`] when `index >= len()`; for formats read
+    /// on demand, errors that name the file and offset (a file truncated
+    /// since it was opened, an image that does not decode).
+    fn image(&self, index: usize) -> Result<Image, DataError>;
+
+    /// Label of sample `index`, `0..num_classes()`, if labelled.
+    ///
+    /// # Panics
+    ///
+    /// When `index >= len()`.
+    fn label(&self, index: usize) -> Option<u32>;
+
+    /// Number of classes when labelled.
+    fn num_classes(&self) -> Option<usize>;
+
+    /// Class names when known (folder names, CIFAR-10 names, ...), indexed
+    /// by label.
+    fn class_names(&self) -> Option<Vec<String>>;
+
+    /// Stable human name of sample `index`: the relative path for folders,
+    /// else file and record, e.g. `"test_batch.bin#123"`.
+    ///
+    /// # Panics
+    ///
+    /// When `index >= len()`.
+    fn name(&self, index: usize) -> String;
+
+    /// Number of files dropped when the dataset was opened with
+    /// [`OnCorrupt::Skip`]; 0 for formats that drop nothing.
+    fn skipped_count(&self) -> usize {
+        0
+    }
+}
+
+/// A summary (length, channels, classes, first sample's name), so that
+/// structs holding a `Box<dyn Dataset>` can derive `Debug`.
+impl std::fmt::Debug for dyn Dataset + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("dyn Dataset")
+            .field("len", &self.len())
+            .field("channels", &self.channels())
+            .field("num_classes", &self.num_classes())
+            .field("first", &(!self.is_empty()).then(|| self.name(0)))
+            .finish()
+    }
+}
+
+macro_rules! forward_dataset {
+    ($($ty:ty),*) => {$(
+        impl<D: Dataset + ?Sized> Dataset for $ty {
+            fn len(&self) -> usize {
+                (**self).len()
+            }
+            fn is_empty(&self) -> bool {
+                (**self).is_empty()
+            }
+            fn channels(&self) -> usize {
+                (**self).channels()
+            }
+            fn image(&self, index: usize) -> Result<Image, DataError> {
+                (**self).image(index)
+            }
+            fn label(&self, index: usize) -> Option<u32> {
+                (**self).label(index)
+            }
+            fn num_classes(&self) -> Option<usize> {
+                (**self).num_classes()
+            }
+            fn class_names(&self) -> Option<Vec<String>> {
+                (**self).class_names()
+            }
+            fn name(&self, index: usize) -> String {
+                (**self).name(index)
+            }
+            fn skipped_count(&self) -> usize {
+                (**self).skipped_count()
+            }
+        }
+    )*};
+}
+
+forward_dataset!(Box<D>, Arc<D>, &D);
+
+/// Reads a class-names file, one name per line (blank lines ignored), if it
+/// exists.
+///
+/// # Errors
+///
+/// [`DataError::Io`] when it exists but cannot be read,
+/// [`DataError::BadClassNames`] when it does not hold `expected` names.
+pub(crate) fn read_class_names(
+    path: &std::path::Path,
+    expected: usize,
+) -> Result<Option<Vec<String>>, DataError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let names: Vec<String> = String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if names.len() != expected {
+        return Err(DataError::BadClassNames {
+            path: path.to_path_buf(),
+            expected,
+            found: names.len(),
+        });
+    }
+    Ok(Some(names))
+}
+
+/// [`DataError::IndexOutOfRange`] unless `index < len`.
+pub(crate) fn check_index(source_name: &str, index: usize, len: usize) -> Result<(), DataError> {
+    if index < len {
+        Ok(())
+    } else {
+        Err(DataError::IndexOutOfRange {
+            source_name: source_name.to_string(),
+            index,
+            len,
+        })
+    }
 }
 
 /// A borrowed image: `height × width × channels` bytes in row-major HWC order.
@@ -148,6 +322,21 @@ impl ImageSet {
             height: self.height,
             width: self.width,
             channels: self.channels,
+        }
+    }
+
+    /// Copies out the `index`-th image.
+    ///
+    /// # Panics
+    ///
+    /// When `index >= self.len()`.
+    pub fn to_image(&self, index: usize) -> Image {
+        let image = self.image(index);
+        Image {
+            pixels: image.pixels.to_vec(),
+            height: image.height,
+            width: image.width,
+            channels: image.channels,
         }
     }
 
