@@ -29,20 +29,28 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct PretrainArgs {
-    /// TOML run config.
-    #[arg(long, default_value = "configs/default.toml")]
-    config: PathBuf,
+    /// TOML run config (default: configs/default.toml, or the run's own
+    /// config.toml with --resume).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Override a config key, e.g. `--set train.epochs=2` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Dataset folder (same as `--set data.path=PATH`); the format is
+    /// detected unless `data.format` says otherwise.
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Device: `cpu` for the CPU backends, `cuda` or `cuda:N` with the cuda
     /// feature.
     #[arg(long, default_value = backend::DEFAULT_DEVICE)]
     device: String,
     /// Run folder (default: runs/<config name>-<unix time>).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     out: Option<PathBuf>,
-    /// Hide the progress bar.
+    /// Continue the run in this folder from its newest valid checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// Hide the progress bars.
     #[arg(long)]
     no_progress: bool,
 }
@@ -64,7 +72,7 @@ fn main() -> Result<()> {
 struct Pretrain<'a> {
     config: &'a byol_train::RunConfig,
     out: &'a std::path::Path,
-    progress: bool,
+    options: byol_train::PretrainOptions,
 }
 
 impl backend::Task for Pretrain<'_> {
@@ -77,21 +85,33 @@ impl backend::Task for Pretrain<'_> {
             self.config,
             self.out,
             &device,
-            self.progress,
+            self.options,
         )?)
     }
 }
 
 fn pretrain(args: PretrainArgs) -> Result<()> {
-    if !args.config.is_file() {
-        bail!("config file {} not found", args.config.display());
+    let config_path = match (&args.config, &args.resume) {
+        (Some(path), _) => path.clone(),
+        (None, Some(run)) => run.join("config.toml"),
+        (None, None) => PathBuf::from("configs/default.toml"),
+    };
+    if !config_path.is_file() {
+        bail!("config file {} not found", config_path.display());
     }
-    let config = byol_train::RunConfig::load(Some(&args.config), &args.set)?;
-    let out = match args.out {
-        Some(out) => out,
-        None => {
-            let stem = args
-                .config
+    let mut overrides = args.set.clone();
+    if let Some(data) = &args.data {
+        overrides.push(format!(
+            "data.path={}",
+            toml::Value::String(data.display().to_string())
+        ));
+    }
+    let config = byol_train::RunConfig::load(Some(&config_path), &overrides)?;
+    let out = match (&args.resume, &args.out) {
+        (Some(run), _) => run.clone(),
+        (None, Some(out)) => out.clone(),
+        (None, None) => {
+            let stem = config_path
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .unwrap_or("run");
@@ -107,28 +127,35 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         Pretrain {
             config: &config,
             out: &out,
-            progress: !args.no_progress,
+            options: byol_train::PretrainOptions {
+                progress: !args.no_progress,
+                resume: args.resume.is_some(),
+            },
         },
     )
-    .with_context(|| format!("pretraining with {}", args.config.display()))?;
-    let pct = |x: f64| 100.0 * x;
-    println!("kNN top-1 on the test split (k = {}):", config.eval.knn.k);
+    .with_context(|| format!("pretraining with {}", config_path.display()))?;
+    let pct = |x: Option<byol_eval::KnnAccuracy>| {
+        x.map_or_else(
+            || "   n/a".to_string(),
+            |a| format!("{:6.2}%", 100.0 * a.top1),
+        )
+    };
+    if summary.knn_raw_pixels.is_some() {
+        println!("kNN top-1 on the test split (k = {}):", config.eval.knn.k);
+    } else {
+        println!("kNN: n/a (the data has no labelled train and test splits)");
+    }
+    println!("  raw pixels           {}", pct(summary.knn_raw_pixels));
+    println!("  random-init encoder  {}", pct(summary.knn_random_init));
+    println!("  BYOL encoder         {}", pct(summary.knn_trained));
+    if summary.skipped_images > 0 {
+        println!("{} unreadable images skipped", summary.skipped_images);
+    }
     println!(
-        "  raw pixels          {:6.2}%",
-        pct(summary.knn_raw_pixels.top1)
-    );
-    println!(
-        "  random-init encoder {:6.2}%",
-        pct(summary.knn_random_init.top1)
-    );
-    println!(
-        "  BYOL encoder        {:6.2}%",
-        pct(summary.knn_trained.top1)
-    );
-    println!(
-        "{} steps in {:.0}s, final loss {:.4}; run folder: {}",
+        "{} steps in {:.0}s (data wait {:.1}%), final loss {:.4}; run folder: {}",
         summary.steps,
-        summary.seconds,
+        summary.train_seconds,
+        100.0 * summary.data_wait_fraction,
         summary.final_loss,
         out.display()
     );

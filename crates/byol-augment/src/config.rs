@@ -203,6 +203,10 @@ pub struct AugmentConfig {
     /// The second view (paper: blur p 0.1, solarize p 0.2).
     #[serde(deserialize_with = "view2_over_defaults")]
     pub view2: ViewConfig,
+    /// Evaluation transform: the shorter side is resized to this before a
+    /// centre crop of `size` (torchvision's `Resize` + `CenterCrop`);
+    /// 0 = `size`, the largest centred square.
+    pub eval_resize: usize,
     /// Per-channel mean subtracted last; one value broadcasts to all
     /// channels.
     pub mean: Vec<f32>,
@@ -218,6 +222,7 @@ impl Default for AugmentConfig {
             size: 28,
             view1: ViewConfig::view1(),
             view2: ViewConfig::view2(),
+            eval_resize: 0,
             mean: vec![0.5],
             std: vec![0.5],
         }
@@ -240,6 +245,13 @@ impl AugmentConfig {
         if self.size == 0 {
             return Err(bad("size", "0".into(), "at least 1"));
         }
+        if self.eval_resize != 0 && self.eval_resize < self.size {
+            return Err(bad(
+                "eval_resize",
+                self.eval_resize.to_string(),
+                &format!("0 or at least size ({})", self.size),
+            ));
+        }
         if self.mean.is_empty() {
             return Err(bad("mean", "[]".into(), "at least one value"));
         }
@@ -258,6 +270,16 @@ impl AugmentConfig {
         }
         self.view1.validate(&format!("{prefix}.view1"))?;
         self.view2.validate(&format!("{prefix}.view2"))
+    }
+
+    /// The evaluation transform of these settings.
+    pub fn eval_transform(&self) -> crate::EvalTransform {
+        crate::EvalTransform {
+            size: self.size,
+            resize: self.eval_resize,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+        }
     }
 
     /// Checks that `mean` and `std` fit images of `channels` channels: one

@@ -27,7 +27,7 @@
 //! treated as RGB.
 //!
 //! ```
-//! use byol_augment::{AugmentConfig, eval_batch, two_views};
+//! use byol_augment::{AugmentConfig, two_views};
 //! use byol_data::ImageRef;
 //!
 //! let pixels: Vec<u8> = (0..28 * 28).map(|i| (i % 251) as u8).collect();
@@ -38,7 +38,7 @@
 //! let (v1, v2) = two_views(&[img, img], &cfg, 42);
 //! assert_eq!(v1.len(), 2 * 1 * 28 * 28);
 //! assert_ne!(v1, v2);
-//! let eval = eval_batch(&[img], cfg.size, &cfg.mean, &cfg.std);
+//! let eval = cfg.eval_transform().batch(&[img]);
 //! assert_eq!(eval[0], (0.0 - 0.5) / 0.5);
 //! # Ok::<(), byol_augment::AugmentError>(())
 //! ```
@@ -49,6 +49,8 @@ mod config;
 mod crop;
 
 pub use config::{AugmentConfig, ViewConfig};
+
+use serde::{Deserialize, Serialize};
 
 use byol_data::ImageRef;
 use rand::{Rng, SeedableRng};
@@ -280,57 +282,99 @@ pub fn two_views(images: &[ImageRef<'_>], cfg: &AugmentConfig, seed: u64) -> (Ve
     )
 }
 
-/// The deterministic evaluation transform: the whole image resized
-/// bilinearly to `size × size` (exactly the pixels when it already has that
-/// size), then `(x - mean[c]) / std[c]`, written to `out` as
-/// `[channels, size, size]`.
-///
-/// # Panics
-///
-/// As [`augment_view`].
-pub fn eval_transform(img: ImageRef<'_>, size: usize, mean: &[f32], std: &[f32], out: &mut [f32]) {
-    eval_into(img, &Target { size, mean, std }, out, &mut Vec::new());
+/// The deterministic evaluation transform, as torchvision's
+/// `Resize(resize) → CenterCrop(size) → Normalize`: the centred square
+/// that a resize of the shorter side to `resize` followed by a
+/// `size × size` centre crop would keep is taken from the source and
+/// resized bilinearly to `size × size` in one step, then normalised as
+/// `(x − mean[c]) / std[c]`. `resize = 0` means `resize = size` (the
+/// largest centred square). An image that already is `size × size` with
+/// `resize` 0 or `size` keeps its exact pixels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalTransform {
+    /// Output side in pixels.
+    pub size: usize,
+    /// Side the shorter image side is resized to before the centre crop;
+    /// 0 = `size`.
+    pub resize: usize,
+    /// Per-channel mean (one value broadcasts).
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation (one value broadcasts).
+    pub std: Vec<f32>,
 }
 
-fn eval_into(img: ImageRef<'_>, target: &Target<'_>, out: &mut [f32], taps: &mut Vec<Tap>) {
-    check_inputs(img, target, out);
-    let (size, c) = (target.size, img.channels);
-    if img.height == size && img.width == size {
-        let plane = size * size;
-        for (i, px) in img.pixels.chunks_exact(c).enumerate() {
-            for (ch, &v) in px.iter().enumerate() {
-                out[ch * plane + i] = f32::from(v) / 255.0;
-            }
+impl EvalTransform {
+    /// The source window kept from an `height × width` image.
+    fn window(&self, height: usize, width: usize) -> Window {
+        let resize = if self.resize == 0 {
+            self.size
+        } else {
+            self.resize
+        };
+        let short = height.min(width) as f64;
+        let side = ((short * self.size as f64 / resize as f64).round() as usize)
+            .clamp(1, height.min(width));
+        Window {
+            top: (height - side) / 2,
+            left: (width - side) / 2,
+            height: side,
+            width: side,
         }
-    } else {
-        let full = Window::full(img.height, img.width);
-        crop::resize_window(img, full, size, taps, out);
     }
-    normalise(out, c, target.mean, target.std);
-}
 
-/// [`eval_transform`] of every image, `[batch, channels, size, size]`
-/// flattened, in parallel with rayon.
-///
-/// # Panics
-///
-/// When the images differ in channel count, or as [`augment_view`].
-pub fn eval_batch(images: &[ImageRef<'_>], size: usize, mean: &[f32], std: &[f32]) -> Vec<f32> {
-    let Some(first) = images.first() else {
-        return Vec::new();
-    };
-    let per_image = first.channels * size * size;
-    let mut out = vec![0f32; images.len() * per_image];
-    if per_image == 0 {
-        return out;
+    /// Writes the transformed `img` to `out` as `[channels, size, size]`.
+    ///
+    /// # Panics
+    ///
+    /// As [`augment_view`].
+    pub fn apply(&self, img: ImageRef<'_>, out: &mut [f32]) {
+        self.apply_into(img, out, &mut Vec::new());
     }
-    let target = Target { size, mean, std };
-    out.par_chunks_mut(per_image)
-        .zip(images.par_iter())
-        .for_each_init(Vec::new, |taps, (dst, img)| {
-            eval_into(*img, &target, dst, taps)
-        });
-    out
+
+    fn apply_into(&self, img: ImageRef<'_>, out: &mut [f32], taps: &mut Vec<Tap>) {
+        let target = Target {
+            size: self.size,
+            mean: &self.mean,
+            std: &self.std,
+        };
+        check_inputs(img, &target, out);
+        let (size, c) = (self.size, img.channels);
+        let window = self.window(img.height, img.width);
+        if window == Window::full(size, size) && img.height == size && img.width == size {
+            let plane = size * size;
+            for (i, px) in img.pixels.chunks_exact(c).enumerate() {
+                for (ch, &v) in px.iter().enumerate() {
+                    out[ch * plane + i] = f32::from(v) / 255.0;
+                }
+            }
+        } else {
+            crop::resize_window(img, window, size, taps, out);
+        }
+        normalise(out, c, &self.mean, &self.std);
+    }
+
+    /// The transform of every image, `[batch, channels, size, size]`
+    /// flattened, in parallel with rayon. Images may differ in size.
+    ///
+    /// # Panics
+    ///
+    /// When the images differ in channel count, or as [`augment_view`].
+    pub fn batch(&self, images: &[ImageRef<'_>]) -> Vec<f32> {
+        let Some(first) = images.first() else {
+            return Vec::new();
+        };
+        let per_image = first.channels * self.size * self.size;
+        let mut out = vec![0f32; images.len() * per_image];
+        if per_image == 0 {
+            return out;
+        }
+        out.par_chunks_mut(per_image)
+            .zip(images.par_iter())
+            .for_each_init(Vec::new, |taps, (dst, img)| {
+                self.apply_into(*img, dst, taps)
+            });
+        out
+    }
 }
 
 #[cfg(test)]
@@ -384,6 +428,36 @@ mod tests {
         }
     }
 
+    fn ev(size: usize, resize: usize, mean: &[f32], std: &[f32]) -> EvalTransform {
+        EvalTransform {
+            size,
+            resize,
+            mean: mean.to_vec(),
+            std: std.to_vec(),
+        }
+    }
+
+    #[test]
+    fn eval_transform_centre_crops_like_resize_then_centre_crop() {
+        // a 20 × 40 image: the centred 20 × 20 square is kept (resize 0);
+        // its left edge is column 10
+        let p: Vec<u8> = (0..20 * 40).map(|i| (i % 40) as u8).collect();
+        let mut out = vec![0f32; 20 * 20];
+        ev(20, 0, &[0.0], &[1.0]).apply(img(&p, 20, 40, 1), &mut out);
+        assert_eq!(out[0], 10.0 / 255.0);
+        assert_eq!(out[19], 29.0 / 255.0);
+        // resize 40 before a centre crop of 20: the central 10 × 10 source
+        // square (columns 15..25) stretched to 20
+        let mut out = vec![0f32; 20 * 20];
+        ev(20, 40, &[0.0], &[1.0]).apply(img(&p, 20, 40, 1), &mut out);
+        let first = out[0] * 255.0;
+        let last = out[19] * 255.0;
+        assert!(
+            (15.0..=15.5).contains(&first) && (23.5..=24.0).contains(&last),
+            "{first} {last}"
+        );
+    }
+
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
@@ -411,7 +485,7 @@ mod tests {
                     assert_eq!(out.len(), expected, "{c} channels, {h}×{w} → {size}");
                     assert!(out.iter().all(|v| v.is_finite()));
                 }
-                assert_eq!(eval_batch(&refs, size, &[0.5], &[0.5]).len(), expected);
+                assert_eq!(ev(size, 0, &[0.5], &[0.5]).batch(&refs).len(), expected);
                 let cfg = AugmentConfig {
                     size,
                     ..AugmentConfig::default()
@@ -421,7 +495,7 @@ mod tests {
             }
         }
         assert!(augment_batch(&[], &ViewConfig::view1(), 28, &[0.5], &[0.5], 0).is_empty());
-        assert!(eval_batch(&[], 28, &[0.5], &[0.5]).is_empty());
+        assert!(ev(28, 0, &[0.5], &[0.5]).batch(&[]).is_empty());
     }
 
     #[test]
@@ -507,7 +581,7 @@ mod tests {
                 .expect("a thread pool should build")
                 .install(|| {
                     let (v1, v2) = two_views(&refs, &cfg, 9);
-                    let e = eval_batch(&refs, 32, &[0.5], &[0.5]);
+                    let e = ev(32, 0, &[0.5], &[0.5]).batch(&refs);
                     (bits(&v1), bits(&v2), bits(&e))
                 })
         };
@@ -759,7 +833,7 @@ mod tests {
         let p = pattern(4, 4, 3);
         let mut out = vec![0f32; 3 * 16];
         let (mean, std) = ([0.1, 0.2, 0.3], [0.5, 0.25, 2.0]);
-        eval_transform(img(&p, 4, 4, 3), 4, &mean, &std, &mut out);
+        ev(4, 0, &mean, &std).apply(img(&p, 4, 4, 3), &mut out);
         let plain = planar(&p, 3);
         for (i, (o, v)) in out.iter().zip(&plain).enumerate() {
             assert_eq!(*o, (v - mean[i / 16]) / std[i / 16], "{i}");
@@ -767,10 +841,10 @@ mod tests {
         // resized: the same as a full-window bilinear crop of the view pipeline
         let q = pattern(28, 28, 1);
         let mut resized = vec![0f32; 32 * 32];
-        eval_transform(img(&q, 28, 28, 1), 32, &[0.0], &[1.0], &mut resized);
+        ev(32, 0, &[0.0], &[1.0]).apply(img(&q, 28, 28, 1), &mut resized);
         let view = augment_batch(&[img(&q, 28, 28, 1)], &identity(), 32, &[0.0], &[1.0], 0);
         assert_eq!(resized, view);
-        let batch = eval_batch(&[img(&q, 28, 28, 1); 2], 32, &[0.0], &[1.0]);
+        let batch = ev(32, 0, &[0.0], &[1.0]).batch(&[img(&q, 28, 28, 1); 2]);
         assert_eq!(batch[..1024], resized[..]);
         assert_eq!(batch[1024..], resized[..]);
     }
@@ -797,6 +871,6 @@ mod tests {
     fn mismatched_normalisation_lists_panic() {
         let p = pattern(8, 8, 1);
         let mut out = vec![0f32; 64];
-        eval_transform(img(&p, 8, 8, 1), 8, &[0.5, 0.5], &[0.5, 0.5], &mut out);
+        ev(8, 0, &[0.5, 0.5], &[0.5, 0.5]).apply(img(&p, 8, 8, 1), &mut out);
     }
 }

@@ -1,39 +1,47 @@
 //! Turning images into feature vectors.
 
 use burn::prelude::*;
-use byol_data::{ImageRef, ImageSet};
+use byol_augment::EvalTransform;
+use byol_data::{Dataset, Image};
 use byol_model::Encoder;
-use serde::{Deserialize, Serialize};
+use rayon::prelude::*;
 
 use crate::EvalError;
 
-/// The deterministic transform applied before the encoder at evaluation:
-/// resize to `size` and normalise, no random view.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalTransform {
-    /// Output side in pixels.
-    pub size: usize,
-    /// Per-channel mean (one value broadcasts).
-    pub mean: Vec<f32>,
-    /// Per-channel standard deviation (one value broadcasts).
-    pub std: Vec<f32>,
+/// The first `limit` samples of `dataset` (all of them when `limit` is 0).
+pub fn sample_count(dataset: &dyn Dataset, limit: usize) -> usize {
+    match limit {
+        0 => dataset.len(),
+        n => n.min(dataset.len()),
+    }
 }
 
-/// Encodes every image of `images` with `encoder`, `batch_size` at a time.
-///
-/// Run it on an evaluation-mode encoder (`model.valid()`), whose BatchNorm
-/// layers use running statistics; the result is `[images.len(), dim]`.
+/// Labels of the first `limit` samples (`limit` 0: all).
 ///
 /// # Errors
 ///
-/// [`EvalError::InvalidConfig`] when `batch_size` is 0.
-pub fn extract_features<B: Backend, E: Encoder<B>>(
-    encoder: &E,
-    images: &ImageSet,
+/// [`EvalError::Unlabelled`] naming the first sample without a label.
+pub fn labels(dataset: &dyn Dataset, limit: usize) -> Result<Vec<u32>, EvalError> {
+    (0..sample_count(dataset, limit))
+        .map(|i| {
+            dataset
+                .label(i)
+                .ok_or_else(|| EvalError::Unlabelled(dataset.name(i)))
+        })
+        .collect()
+}
+
+/// Runs `per_batch` on the evaluation-transformed images of the first
+/// `limit` samples, `batch_size` at a time, decoding in parallel; calls
+/// `progress(done)` after each batch.
+fn transformed_batches<T>(
+    dataset: &dyn Dataset,
+    limit: usize,
     transform: &EvalTransform,
     batch_size: usize,
-    device: &B::Device,
-) -> Result<Tensor<B, 2>, EvalError> {
+    progress: &dyn Fn(usize),
+    mut per_batch: impl FnMut(Vec<f32>, usize) -> T,
+) -> Result<Vec<T>, EvalError> {
     if batch_size == 0 {
         return Err(EvalError::InvalidConfig {
             key: "eval.batch_size".into(),
@@ -41,35 +49,138 @@ pub fn extract_features<B: Backend, E: Encoder<B>>(
             expected: "at least 1".into(),
         });
     }
-    let refs: Vec<ImageRef<'_>> = (0..images.len()).map(|i| images.image(i)).collect();
-    let (c, s) = (images.channels, transform.size);
-    let chunks: Vec<Tensor<B, 2>> = refs
-        .chunks(batch_size)
-        .map(|chunk| {
-            let pixels = byol_augment::eval_batch(chunk, s, &transform.mean, &transform.std);
-            let x = Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([
-                chunk.len(),
-                c,
-                s,
-                s,
-            ]);
+    let n = sample_count(dataset, limit);
+    let mut out = Vec::with_capacity(n.div_ceil(batch_size));
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch_size).min(n);
+        let images: Vec<Image> = (start..end)
+            .into_par_iter()
+            .map(|i| dataset.image(i))
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<_> = images.iter().map(Image::as_ref).collect();
+        out.push(per_batch(transform.batch(&refs), end - start));
+        progress(end);
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Encodes the first `limit` images of `dataset` (`limit` 0: all) with
+/// `encoder`, after the evaluation transform, `batch_size` at a time.
+/// Returns `[n, encoder.output_dim()]`.
+///
+/// Run it on an evaluation-mode encoder (`model.valid()`), whose BatchNorm
+/// layers use running statistics. `progress(done)` is called after each
+/// batch.
+///
+/// # Errors
+///
+/// [`EvalError::InvalidConfig`] when `batch_size` is 0, [`EvalError::Data`]
+/// when an image cannot be decoded.
+pub fn extract_features<B: Backend, E: Encoder<B>>(
+    encoder: &E,
+    dataset: &dyn Dataset,
+    limit: usize,
+    transform: &EvalTransform,
+    batch_size: usize,
+    device: &B::Device,
+    progress: &dyn Fn(usize),
+) -> Result<Tensor<B, 2>, EvalError> {
+    let (c, s) = (dataset.channels(), transform.size);
+    let chunks = transformed_batches(
+        dataset,
+        limit,
+        transform,
+        batch_size,
+        progress,
+        |pixels, n| {
+            let x = Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([n, c, s, s]);
             encoder.encode(x)
-        })
-        .collect();
+        },
+    )?;
     if chunks.is_empty() {
         return Ok(Tensor::zeros([0, encoder.output_dim()], device));
     }
     Ok(Tensor::cat(chunks, 0))
 }
 
-/// Raw pixels scaled to [0, 1], one row per image: the baseline a learned
-/// representation has to beat.
-pub fn pixel_features<B: Backend>(images: &ImageSet, device: &B::Device) -> Tensor<B, 2> {
-    let values: Vec<f32> = images
-        .pixels
-        .iter()
-        .map(|&p| f32::from(p) / 255.0)
-        .collect();
-    Tensor::<B, 1>::from_floats(values.as_slice(), device)
-        .reshape([images.len(), images.image_len()])
+/// Raw pixels in [0, 1] after the geometric part of `transform` (resize and
+/// centre crop, no normalisation), one row per image: the baseline a
+/// learned representation has to beat.
+///
+/// # Errors
+///
+/// As [`extract_features`].
+pub fn pixel_features<B: Backend>(
+    dataset: &dyn Dataset,
+    limit: usize,
+    transform: &EvalTransform,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>, EvalError> {
+    let plain = EvalTransform {
+        mean: vec![0.0],
+        std: vec![1.0],
+        ..transform.clone()
+    };
+    let d = dataset.channels() * plain.size * plain.size;
+    let chunks = transformed_batches(dataset, limit, &plain, batch_size, &|_| {}, |pixels, n| {
+        Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([n, d])
+    })?;
+    if chunks.is_empty() {
+        return Ok(Tensor::zeros([0, d], device));
+    }
+    Ok(Tensor::cat(chunks, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use byol_data::{IdxDataset, ImageSet};
+
+    fn dataset() -> IdxDataset {
+        let pixels: Vec<u8> = (0..5 * 4 * 4).map(|i| (i * 7 % 256) as u8).collect();
+        IdxDataset::new(
+            ImageSet {
+                pixels,
+                height: 4,
+                width: 4,
+                channels: 1,
+            },
+            Some(vec![0, 1, 2, 1, 0]),
+            "test",
+        )
+        .expect("as many labels as images")
+    }
+
+    #[test]
+    fn pixel_features_are_the_pixels_scaled_to_unit_range() {
+        let ds = dataset();
+        let t = EvalTransform {
+            size: 4,
+            resize: 0,
+            mean: vec![0.5],
+            std: vec![0.25],
+        };
+        let f = pixel_features::<Flex>(&ds, 3, &t, 2, &Default::default()).expect("features");
+        assert_eq!(f.dims(), [3, 16]);
+        let v: Vec<f32> = f.into_data().to_vec().expect("f32");
+        let expected: Vec<f32> = ds.images.pixels[..48]
+            .iter()
+            .map(|&p| f32::from(p) / 255.0)
+            .collect();
+        assert_eq!(v, expected);
+        assert_eq!(labels(&ds, 0).expect("labelled"), vec![0, 1, 2, 1, 0]);
+        assert_eq!(labels(&ds, 2).expect("labelled"), vec![0, 1]);
+    }
+
+    #[test]
+    fn unlabelled_data_is_an_error_naming_the_sample() {
+        let mut ds = dataset();
+        ds.labels = None;
+        let err = labels(&ds, 0).expect_err("no labels");
+        assert!(matches!(err, EvalError::Unlabelled(_)), "{err}");
+    }
 }

@@ -76,9 +76,9 @@ pub struct KnnAccuracy {
 /// When `bank` and `queries` have different feature dimensions.
 pub fn knn_classify<B: Backend>(
     bank: Tensor<B, 2>,
-    bank_labels: &[u8],
+    bank_labels: &[u32],
     queries: Tensor<B, 2>,
-    query_labels: &[u8],
+    query_labels: &[u32],
     config: &KnnConfig,
 ) -> Result<KnnAccuracy, EvalError> {
     config.validate("eval.knn")?;
@@ -104,7 +104,7 @@ pub fn knn_classify<B: Backend>(
             top5: 0.0,
         });
     }
-    let n_classes = usize::from(*bank_labels.iter().chain(query_labels).max().unwrap_or(&0)) + 1;
+    let n_classes = *bank_labels.iter().chain(query_labels).max().unwrap_or(&0) as usize + 1;
     let k = config.k.min(n_bank);
     // [n_bank, dim] -> [dim, n_bank], unit rows
     let bank_t = l2_normalize(bank).transpose();
@@ -134,15 +134,15 @@ pub fn knn_classify<B: Backend>(
             }
             scores.iter_mut().for_each(|s| *s = 0.0);
             for &j in &idx[..k] {
-                scores[usize::from(bank_labels[j])] +=
+                scores[bank_labels[j] as usize] +=
                     (f64::from(row[j]) / f64::from(config.temperature)).exp();
             }
-            let right = scores[usize::from(*label)];
+            let right = scores[*label as usize];
             // classes strictly better than the right one; ties count against it
             let better = scores
                 .iter()
                 .enumerate()
-                .filter(|&(c, &s)| c != usize::from(*label) && s >= right)
+                .filter(|&(c, &s)| c != *label as usize && s >= right)
                 .count();
             hits1 += usize::from(better == 0 && right > 0.0);
             hits5 += usize::from(better < 5 && right > 0.0);

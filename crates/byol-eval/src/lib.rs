@@ -16,7 +16,8 @@
 mod features;
 mod knn;
 
-pub use features::{EvalTransform, extract_features, pixel_features};
+pub use byol_augment::EvalTransform;
+pub use features::{extract_features, labels, pixel_features, sample_count};
 pub use knn::{KnnAccuracy, KnnConfig, knn_classify};
 
 /// Errors of evaluation.
@@ -42,6 +43,12 @@ pub enum EvalError {
         /// What is accepted.
         expected: String,
     },
+    /// A dataset has no label where evaluation needs one.
+    #[error("{0}: no label (kNN and linear probes need a labelled dataset)")]
+    Unlabelled(String),
+    /// Reading a sample failed.
+    #[error(transparent)]
+    Dataset(#[from] byol_data::DataError),
     /// Reading tensor data back from the device failed.
     #[error("reading features from the device: {0}")]
     Data(String),

@@ -46,7 +46,7 @@ pub struct TargetNetwork<B: Backend, E> {
     pub projector: MlpHead<B>,
 }
 
-/// What one BYOL forward pass gives the loss.
+/// What one BYOL forward pass gives the loss, and the monitors.
 #[derive(Debug, Clone)]
 pub struct ByolOutput<B: Backend> {
     /// Online prediction of view 1, `[batch, projection_dim]`.
@@ -57,6 +57,20 @@ pub struct ByolOutput<B: Backend> {
     pub z1: Tensor<B, 2>,
     /// Target projection of view 2, detached.
     pub z2: Tensor<B, 2>,
+    /// Online representation (encoder output) of view 1, detached, for the
+    /// collapse monitors: `[batch, encoder dim]`.
+    pub y1: Tensor<B, 2>,
+    /// Online projection of view 1, detached: `[batch, projection_dim]`.
+    pub h1: Tensor<B, 2>,
+}
+
+/// How a forward pass runs the two views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ForwardOptions {
+    /// Run both views through each network as one batch of `2 × batch`
+    /// (fewer, larger kernels, as byol-pytorch does). BatchNorm statistics
+    /// are then shared by the two views instead of per view.
+    pub concat_views: bool,
 }
 
 /// The online and target networks of BYOL.
@@ -74,11 +88,25 @@ pub struct ByolOutput<B: Backend> {
 pub struct Byol<B: Backend, E> {
     /// Trained by gradient descent.
     pub online: OnlineNetwork<B, E>,
-    /// Moving average of `online` (without the predictor).
-    pub target: TargetNetwork<B, E>,
+    /// Moving average of `online` (without the predictor); `None` in the
+    /// SimSiam variant, whose target is the online network under
+    /// stop-gradient [Chen & He 2020, arXiv:2011.10566].
+    pub target: Option<TargetNetwork<B, E>>,
 }
 
 impl<B: Backend, E: Encoder<B>> OnlineNetwork<B, E> {
+    /// Representation, projection and prediction of one batch.
+    ///
+    /// # Shapes
+    /// `[batch, channels, height, width]` → `[batch, dim]`,
+    /// `[batch, projection_dim]`, `[batch, projection_dim]`
+    pub fn forward_all(&self, images: Tensor<B, 4>) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+        let y = self.encoder.encode(images);
+        let h = self.projector.forward(y.clone());
+        let p = self.predictor.forward(h.clone());
+        (y, h, p)
+    }
+
     /// Projection g_θ(f_θ(x)).
     ///
     /// # Shapes
@@ -108,7 +136,8 @@ impl<B: Backend, E: Encoder<B>> TargetNetwork<B, E> {
 
 impl<B: Backend, E: Encoder<B>> Byol<B, E> {
     /// Assembles BYOL from two encoders built independently from the same
-    /// config, then copies the online weights into the target.
+    /// config, then copies the online weights into the target. Without a
+    /// target encoder, the SimSiam variant (no moving average).
     ///
     /// The target must not be a `clone()` of the online encoder: burn clones
     /// share BatchNorm running statistics and lazily initialised parameters.
@@ -118,7 +147,7 @@ impl<B: Backend, E: Encoder<B>> Byol<B, E> {
     /// When the two encoders do not have the same parameter shapes.
     pub fn new(
         online_encoder: E,
-        target_encoder: E,
+        target_encoder: Option<E>,
         heads: &HeadsConfig,
         device: &B::Device,
     ) -> Self {
@@ -136,25 +165,63 @@ impl<B: Backend, E: Encoder<B>> Byol<B, E> {
             projector: projector.init(device),
             predictor: predictor.init(device),
         };
-        let target = TargetNetwork {
-            encoder: target_encoder,
-            projector: projector.init(device),
-        }
-        .no_grad();
+        let target = target_encoder.map(|encoder| {
+            TargetNetwork {
+                encoder,
+                projector: projector.init(device),
+            }
+            .no_grad()
+        });
         Self { online, target }.update_target(0.0)
     }
 
-    /// One BYOL forward pass over the two views of a batch. Each view goes
-    /// through the networks on its own, so BatchNorm statistics are per view.
+    /// One BYOL forward pass over the two views of a batch, each view
+    /// through the networks on its own (BatchNorm statistics per view, as
+    /// lightly and solo-learn).
     ///
     /// # Shapes
     /// `view1`, `view2`: `[batch, channels, height, width]`
     pub fn forward(&self, view1: Tensor<B, 4>, view2: Tensor<B, 4>) -> ByolOutput<B> {
+        self.forward_with(view1, view2, ForwardOptions::default())
+    }
+
+    /// [`Byol::forward`] with the views run as `options` says.
+    ///
+    /// # Shapes
+    /// `view1`, `view2`: `[batch, channels, height, width]`
+    pub fn forward_with(
+        &self,
+        view1: Tensor<B, 4>,
+        view2: Tensor<B, 4>,
+        options: ForwardOptions,
+    ) -> ByolOutput<B> {
+        let [batch, ..] = view1.dims();
+        // [2 × batch, d] → two [batch, d]
+        let split = |t: Tensor<B, 2>| (t.clone().narrow(0, 0, batch), t.narrow(0, batch, batch));
+        let ((y1, _), (h1, h2), (p1, p2)) = if options.concat_views {
+            let both = Tensor::cat(vec![view1.clone(), view2.clone()], 0);
+            let (y, h, p) = self.online.forward_all(both);
+            (split(y), split(h), split(p))
+        } else {
+            let (y1, h1, p1) = self.online.forward_all(view1.clone());
+            let (y2, h2, p2) = self.online.forward_all(view2.clone());
+            ((y1, y2), (h1, h2), (p1, p2))
+        };
+        let (z1, z2) = match &self.target {
+            Some(target) if options.concat_views => {
+                split(target.project(Tensor::cat(vec![view1, view2], 0)))
+            }
+            Some(target) => (target.project(view1), target.project(view2)),
+            // SimSiam: the online projections under stop-gradient
+            None => (h1.clone().detach(), h2.detach()),
+        };
         ByolOutput {
-            p1: self.online.predict(view1.clone()),
-            p2: self.online.predict(view2.clone()),
-            z1: self.target.project(view1),
-            z2: self.target.project(view2),
+            p1,
+            p2,
+            z1,
+            z2,
+            y1: y1.detach(),
+            h1: h1.detach(),
         }
     }
 
@@ -172,6 +239,9 @@ impl<B: Backend, E: Encoder<B>> Byol<B, E> {
     ///
     /// When the target and online networks differ in structure.
     pub fn update_target(mut self, tau: f64) -> Self {
+        let Some(mut target) = self.target.take() else {
+            return self;
+        };
         let mut online = Collect::<B>::default();
         self.online.encoder.visit(&mut online);
         self.online.projector.visit(&mut online);
@@ -179,12 +249,13 @@ impl<B: Backend, E: Encoder<B>> Byol<B, E> {
             online: online.tensors.into_iter(),
             tau,
         };
-        self.target.encoder = self.target.encoder.map(&mut ema);
-        self.target.projector = self.target.projector.map(&mut ema);
+        target.encoder = target.encoder.map(&mut ema);
+        target.projector = target.projector.map(&mut ema);
         assert!(
             ema.online.next().is_none(),
             "the target network should have as many tensors as the online network"
         );
+        self.target = Some(target);
         self
     }
 }
@@ -255,7 +326,7 @@ mod tests {
         let cfg = ResNetConfig::small();
         Byol::new(
             cfg.init(&device),
-            cfg.init(&device),
+            Some(cfg.init(&device)),
             &HeadsConfig::new(32, 16, 32),
             &device,
         )
@@ -277,8 +348,9 @@ mod tests {
     }
 
     fn target_part(b: &Byol<B, crate::ResNet<B>>) -> Vec<f32> {
-        let mut v = flat(&b.target.encoder);
-        v.extend(flat(&b.target.projector));
+        let target = b.target.as_ref().expect("a BYOL target");
+        let mut v = flat(&target.encoder);
+        v.extend(flat(&target.projector));
         v
     }
 
@@ -357,7 +429,49 @@ mod tests {
         let grads = loss.backward();
         assert!(b.online.encoder.conv1.weight.grad(&grads).is_some());
         assert!(b.online.predictor.linear2.weight.grad(&grads).is_some());
-        assert!(b.target.encoder.conv1.weight.grad(&grads).is_none());
-        assert!(b.target.projector.linear1.weight.grad(&grads).is_none());
+        let target = b.target.as_ref().expect("a BYOL target");
+        assert!(target.encoder.conv1.weight.grad(&grads).is_none());
+        assert!(target.projector.linear1.weight.grad(&grads).is_none());
+    }
+
+    #[test]
+    fn concatenated_views_give_the_same_shapes_and_finite_values() {
+        let b = tiny();
+        let x1 = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Default, &Default::default());
+        let x2 = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Default, &Default::default());
+        let out = b.forward_with(x1, x2, ForwardOptions { concat_views: true });
+        for t in [out.p1, out.p2, out.z1, out.z2, out.h1] {
+            assert_eq!(t.dims(), [4, 16]);
+            let v: Vec<f32> = t.into_data().to_vec().expect("f32");
+            assert!(v.iter().all(|x| x.is_finite()));
+        }
+        assert_eq!(out.y1.dims(), [4, 128]);
+    }
+
+    #[test]
+    fn simsiam_targets_are_the_detached_online_projections() {
+        let device = Default::default();
+        let cfg = ResNetConfig::small();
+        let b: Byol<B, crate::ResNet<B>> = Byol::new(
+            cfg.init(&device),
+            None,
+            &HeadsConfig::new(32, 16, 32),
+            &device,
+        );
+        assert!(b.target.is_none());
+        let x1 = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Default, &device);
+        let x2 = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Default, &device);
+        let out = b.forward(x1, x2);
+        let (z1, h1): (Vec<f32>, Vec<f32>) = (
+            out.z1.clone().into_data().to_vec().expect("f32"),
+            out.h1.clone().into_data().to_vec().expect("f32"),
+        );
+        assert_eq!(z1, h1);
+        // no gradient flows through the targets
+        let grads = (out.z1.sum() + out.z2.sum()).backward();
+        assert!(b.online.encoder.conv1.weight.grad(&grads).is_none());
+        // and the EMA update is a no-op
+        let b = b.update_target(0.5);
+        assert!(b.target.is_none());
     }
 }

@@ -14,7 +14,7 @@
 //! // two independent inits: the target is never a clone of the online network
 //! let byol = Byol::new(
 //!     encoder.init::<B>(&device),
-//!     encoder.init::<B>(&device),
+//!     Some(encoder.init::<B>(&device)),
 //!     &HeadsConfig::new(512, 128, 512),
 //!     &device,
 //! );
@@ -30,7 +30,7 @@ mod norm;
 mod resnet;
 
 pub use block::{BasicBlock, Block, Bottleneck, Downsample, NormSpec};
-pub use byol::{Byol, ByolOutput, HeadsConfig, OnlineNetwork, TargetNetwork};
+pub use byol::{Byol, ByolOutput, ForwardOptions, HeadsConfig, OnlineNetwork, TargetNetwork};
 pub use head::{MlpHead, MlpHeadConfig};
 pub use norm::{Identity, Norm, NormKind, batch_norm, conv_forward, group_norm};
 pub use resnet::{BlockKind, ResNet, ResNetConfig, Stage, Stem};

@@ -11,7 +11,8 @@ use byol_model::{Byol, ResNet};
 use serde::Serialize;
 
 use crate::config::{ModelConfig, OptimizerKind};
-use crate::{ByolOptimizer, TrainError, byol_step};
+use crate::optim::OptimizerSettings;
+use crate::{Optimizers, StepSettings, TrainError, byol_step};
 
 /// One BYOL step setting to time.
 #[derive(Debug, Clone, Serialize)]
@@ -77,11 +78,17 @@ pub fn bench_step<B: AutodiffBackend>(
     B::seed(device, 0);
     let mut model: Byol<B, ResNet<B>> = Byol::new(
         encoder.init(device),
-        encoder.init(device),
+        Some(encoder.init(device)),
         &config.model.heads_config(),
         device,
     );
-    let mut optimizer = ByolOptimizer::new(OptimizerKind::Adam, 1e-6, 0.9);
+    let mut optimizer = Optimizers::new(&OptimizerSettings {
+        kind: OptimizerKind::Adam,
+        weight_decay: 1e-6,
+        momentum: 0.9,
+        lars_eta: 1e-3,
+        lars_exclude_bias_and_norm: true,
+    });
     let shape = [config.batch_size, config.channels, config.size, config.size];
     // inputs made before the clock starts, reused in turn
     let inputs: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = (0..4)
@@ -97,9 +104,15 @@ pub fn bench_step<B: AutodiffBackend>(
         let mut last = None;
         for i in 0..n {
             let (v1, v2) = inputs[i % inputs.len()].clone();
-            let (next, loss) = byol_step(model, &mut optimizer, v1, v2, 1e-3, 0.99);
+            let (next, out) = byol_step(
+                model,
+                &mut optimizer,
+                v1,
+                v2,
+                &StepSettings::simple(1e-3, 0.99),
+            );
             model = next;
-            last = Some(loss);
+            last = Some(out.loss);
         }
         // wait for the device before the clock stops
         if let Some(loss) = last {

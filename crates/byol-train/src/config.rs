@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use byol_augment::AugmentConfig;
+use byol_data::{Cifar100Labels, Format, OnCorrupt, Split};
 use byol_eval::KnnConfig;
-use byol_model::{HeadsConfig, ResNetConfig, Stem};
+use byol_model::{HeadsConfig, NormKind, ResNetConfig, Stem};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -31,35 +32,42 @@ pub struct RunConfig {
     pub eval: EvalConfig,
 }
 
-/// Dataset format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DataFormat {
-    /// IDX files as the MNIST / Fashion-MNIST downloads.
-    Idx,
-}
-
 /// `[data]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// Folder of the dataset, relative to the working directory.
     pub path: PathBuf,
-    /// Format of the files in `path`.
-    pub format: DataFormat,
-    /// Use only the first N training images (0 = all).
+    /// Format of the files in `path`; `auto` detects it from the files.
+    pub format: Format,
+    /// The split pretraining reads: `train`, or for STL-10 `unlabeled` or
+    /// `train_unlabeled` (the 105,000 images). kNN always uses `train` as
+    /// memory and `test` as queries.
+    pub pretrain_split: Split,
+    /// Image folders: `fail` (stop before training, listing every bad file
+    /// found) or `skip` (drop bad files, log each, count them).
+    pub on_corrupt: OnCorrupt,
+    /// CIFAR-100: `fine` (100 classes) or `coarse` (20) labels.
+    pub cifar100_labels: Cifar100Labels,
+    /// Use only the first N pretraining images (0 = all).
     pub train_limit: usize,
     /// Use only the first N test images for kNN (0 = all).
     pub test_limit: usize,
+    /// Batches decoded and augmented ahead of the model (at least 1).
+    pub prefetch: usize,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("data/fashion-mnist-sample"),
-            format: DataFormat::Idx,
+            format: Format::Auto,
+            pretrain_split: Split::Train,
+            on_corrupt: OnCorrupt::Fail,
+            cifar100_labels: Cifar100Labels::Fine,
             train_limit: 0,
             test_limit: 0,
+            prefetch: 2,
         }
     }
 }
@@ -88,6 +96,11 @@ pub struct ModelConfig {
     pub stem: Stem,
     /// Multiplies every encoder width.
     pub width_multiplier: usize,
+    /// Encoder normalisation: `batch`, `group_ws` (GroupNorm + weight
+    /// standardisation) or `none`.
+    pub norm: NormKind,
+    /// GroupNorm groups with `norm = "group_ws"`.
+    pub norm_groups: usize,
     /// Hidden width of the projector MLP.
     pub projector_hidden: usize,
     /// Output of the projector and predictor.
@@ -104,6 +117,8 @@ impl Default for ModelConfig {
             encoder: EncoderKind::Small,
             stem: Stem::Small,
             width_multiplier: 1,
+            norm: NormKind::Batch,
+            norm_groups: 32,
             projector_hidden: 512,
             projection_dim: 128,
             predictor_hidden: 512,
@@ -124,6 +139,7 @@ impl ModelConfig {
         base.with_stem(self.stem)
             .with_in_channels(in_channels)
             .with_width_multiplier(self.width_multiplier)
+            .with_norm(self.norm, self.norm_groups)
     }
 
     /// The projector and predictor sizes.
@@ -143,8 +159,32 @@ impl ModelConfig {
 pub enum OptimizerKind {
     /// Adam (β = 0.9, 0.999, ε = 1e-8 as PyTorch), L2 weight decay.
     Adam,
+    /// AdamW (as Adam, decoupled weight decay).
+    Adamw,
     /// SGD with momentum (no dampening, as PyTorch), L2 weight decay.
     Sgd,
+    /// LARS (the paper's), see [`crate::lars`].
+    Lars,
+}
+
+/// Learning-rate schedule after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The base rate throughout.
+    Constant,
+    /// Cosine decay from the base rate to `min_lr` at the last step.
+    Cosine,
+}
+
+/// How the base learning rate depends on the batch size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrScale {
+    /// `lr` as written.
+    None,
+    /// `lr × batch_size / 256` (the paper's rule).
+    Linear,
 }
 
 /// `[train]`.
@@ -158,18 +198,53 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Optimizer.
     pub optimizer: OptimizerKind,
-    /// Learning rate (constant).
+    /// Base learning rate (before `lr_scale`).
     pub lr: f64,
-    /// L2 weight decay.
+    /// Scaling of the base rate with the batch size.
+    pub lr_scale: LrScale,
+    /// Schedule after the warm-up.
+    pub lr_schedule: LrSchedule,
+    /// Linear warm-up from 0, in epochs (fractions allowed).
+    pub warmup_epochs: f64,
+    /// Final rate of the cosine schedule.
+    pub min_lr: f64,
+    /// Multiplier of the predictor's learning rate (its own parameter
+    /// group).
+    pub predictor_lr_multiplier: f64,
+    /// Weight decay.
     pub weight_decay: f64,
-    /// Momentum of SGD (ignored by Adam: setting it with Adam is an error).
+    /// Momentum of SGD and LARS (setting it with Adam/AdamW is an error).
     pub momentum: f64,
+    /// LARS trust coefficient η.
+    pub lars_eta: f64,
+    /// LARS: biases and normalisation parameters skip decay and adaptation.
+    pub lars_exclude_bias_and_norm: bool,
+    /// Clip gradients to this global L2 norm (0 = off).
+    pub grad_clip_norm: f64,
     /// τ₀ of the target's moving average, raised to 1 on a cosine.
     pub tau_base: f64,
-    /// Steps between logged losses (metrics.jsonl, progress bar).
+    /// `false`: the SimSiam variant — the target is the online network
+    /// under stop-gradient, no moving average.
+    pub use_momentum: bool,
+    /// Run both views through each network as one batch of 2 × batch_size
+    /// (shared BatchNorm statistics; faster on some devices).
+    pub concat_views: bool,
+    /// Steps between logged losses and collapse monitors.
     pub log_every: usize,
     /// Stop after this many steps in all (0 = no limit); for smoke tests.
     pub max_steps: usize,
+    /// Steps between checkpoints (0 = only at the end of each epoch and of
+    /// the run).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept (the newest ones), at least 1.
+    pub keep_checkpoints: usize,
+    /// Stop when the projections' z-std stays below this for
+    /// `collapse_patience` logged intervals (0 = never stop, warn only).
+    pub collapse_stop: f64,
+    /// Logged intervals of low z-std before the stop or the warning.
+    pub collapse_patience: usize,
+    /// For tests of the guard: make the loss NaN at this step (0 = off).
+    pub inject_nan_at_step: usize,
 }
 
 impl Default for TrainConfig {
@@ -179,11 +254,47 @@ impl Default for TrainConfig {
             batch_size: 128,
             optimizer: OptimizerKind::Adam,
             lr: 1e-3,
+            lr_scale: LrScale::None,
+            lr_schedule: LrSchedule::Constant,
+            warmup_epochs: 0.0,
+            min_lr: 0.0,
+            predictor_lr_multiplier: 1.0,
             weight_decay: 1e-6,
             momentum: 0.9,
+            lars_eta: 1e-3,
+            lars_exclude_bias_and_norm: true,
+            grad_clip_norm: 0.0,
             tau_base: 0.996,
+            use_momentum: true,
+            concat_views: false,
             log_every: 10,
             max_steps: 0,
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+            collapse_stop: 0.0,
+            collapse_patience: 5,
+            inject_nan_at_step: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The base rate after `lr_scale`.
+    pub fn base_lr(&self) -> f64 {
+        match self.lr_scale {
+            LrScale::None => self.lr,
+            LrScale::Linear => self.lr * self.batch_size as f64 / 256.0,
+        }
+    }
+
+    /// The optimizer settings of these values.
+    pub fn optimizer_settings(&self) -> crate::optim::OptimizerSettings {
+        crate::optim::OptimizerSettings {
+            kind: self.optimizer,
+            weight_decay: self.weight_decay,
+            momentum: self.momentum,
+            lars_eta: self.lars_eta,
+            lars_exclude_bias_and_norm: self.lars_exclude_bias_and_norm,
         }
     }
 }
@@ -289,12 +400,57 @@ impl RunConfig {
         if !(0.0..1.0).contains(&t.momentum) {
             return Err(invalid("train.momentum", t.momentum, "a number in [0, 1)"));
         }
-        if t.optimizer == OptimizerKind::Adam && t.momentum != TrainConfig::default().momentum {
+        if matches!(t.optimizer, OptimizerKind::Adam | OptimizerKind::Adamw)
+            && t.momentum != TrainConfig::default().momentum
+        {
             return Err(invalid(
                 "train.momentum",
                 t.momentum,
-                "no value with optimizer = \"adam\" (momentum is for sgd)",
+                "no value with optimizer = \"adam\" or \"adamw\" (momentum is for sgd and lars)",
             ));
+        }
+        for (key, v) in [
+            ("train.min_lr", t.min_lr),
+            ("train.warmup_epochs", t.warmup_epochs),
+            ("train.grad_clip_norm", t.grad_clip_norm),
+            ("train.collapse_stop", t.collapse_stop),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(invalid(key, v, "a finite number >= 0"));
+            }
+        }
+        if t.min_lr > t.base_lr() {
+            return Err(invalid(
+                "train.min_lr",
+                t.min_lr,
+                &format!("at most the base learning rate ({})", t.base_lr()),
+            ));
+        }
+        if t.warmup_epochs > t.epochs as f64 {
+            return Err(invalid(
+                "train.warmup_epochs",
+                t.warmup_epochs,
+                &format!("at most train.epochs ({})", t.epochs),
+            ));
+        }
+        if !(t.predictor_lr_multiplier > 0.0 && t.predictor_lr_multiplier.is_finite()) {
+            return Err(invalid(
+                "train.predictor_lr_multiplier",
+                t.predictor_lr_multiplier,
+                "a finite number > 0",
+            ));
+        }
+        if !(t.lars_eta > 0.0 && t.lars_eta.is_finite()) {
+            return Err(invalid("train.lars_eta", t.lars_eta, "a finite number > 0"));
+        }
+        if t.keep_checkpoints == 0 {
+            return Err(invalid("train.keep_checkpoints", 0, "at least 1"));
+        }
+        if t.collapse_patience == 0 {
+            return Err(invalid("train.collapse_patience", 0, "at least 1"));
+        }
+        if self.data.prefetch == 0 {
+            return Err(invalid("data.prefetch", 0, "at least 1"));
         }
         if t.epochs == 0 {
             return Err(invalid("train.epochs", 0, "at least 1"));
@@ -327,6 +483,8 @@ impl RunConfig {
             return Err(invalid("eval.every_epochs", 0, "at least 1"));
         }
         self.eval.knn.validate("eval.knn")?;
+        // channels come from the data; 3 passes every width check
+        self.model.encoder_config(3).validate("model")?;
         self.augment.validate("augment")?;
         Ok(())
     }

@@ -9,19 +9,26 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod collapse;
 pub mod config;
+pub mod lars;
+pub mod loader;
 pub mod loss;
 pub mod metrics;
+pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
 pub use config::{
-    DataConfig, DataFormat, EncoderKind, EvalConfig, ModelConfig, OptimizerKind, RunConfig,
-    TrainConfig,
+    DataConfig, EncoderKind, EvalConfig, LrScale, LrSchedule, ModelConfig, OptimizerKind,
+    RunConfig, TrainConfig,
 };
 pub use loss::{byol_loss, regression_loss};
-pub use schedule::tau;
-pub use trainer::{ByolOptimizer, RunSummary, byol_step, pretrain};
+pub use optim::{ByolOptimizer, OptimizerSettings};
+pub use schedule::{learning_rate, tau};
+pub use trainer::{
+    Optimizers, PretrainOptions, RunSummary, StepOutput, StepSettings, byol_step, pretrain,
+};
 
 use std::path::PathBuf;
 
@@ -70,11 +77,36 @@ pub enum TrainError {
         message: String,
     },
     /// The loss became NaN or infinite.
-    #[error("loss is {loss} at step {step}: training diverged (lower train.lr?)")]
+    #[error(
+        "loss is {loss} at step {step}: training diverged (lower train.lr, or set train.grad_clip_norm); the last checkpoint before it is intact"
+    )]
     NonFinite {
         /// The step.
         step: usize,
         /// The value.
         loss: f32,
     },
+    /// The projections collapsed (see `train.collapse_stop`).
+    #[error(
+        "representation collapse at step {step}: z-std {z_std:.5} stayed below train.collapse_stop = {threshold}; the last checkpoint is intact"
+    )]
+    Collapsed {
+        /// The step.
+        step: usize,
+        /// The last z-std.
+        z_std: f64,
+        /// The threshold.
+        threshold: f64,
+    },
+    /// A checkpoint file cannot be read.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A run cannot be resumed as asked.
+    #[error("cannot resume: {0}")]
+    Resume(String),
 }

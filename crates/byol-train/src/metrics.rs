@@ -23,10 +23,17 @@ pub enum Record {
         loss: f32,
         /// τ used for this step's target update.
         tau: f64,
-        /// Learning rate.
+        /// Learning rate of the step (encoder and projector group).
         lr: f64,
         /// Training throughput since the previous record.
         images_per_sec: f64,
+        /// Fraction of the wall time since the previous record spent
+        /// waiting for data.
+        data_wait_fraction: f64,
+        /// Collapse monitors of the step's batch (see
+        /// [`crate::collapse`]).
+        #[serde(flatten)]
+        collapse: crate::collapse::CollapseMetrics,
     },
     /// A kNN evaluation.
     Knn {
@@ -53,6 +60,8 @@ pub enum Record {
         seconds: f64,
         /// Images per second over the epoch.
         images_per_sec: f64,
+        /// Fraction of the epoch's wall time spent waiting for data.
+        data_wait_fraction: f64,
     },
 }
 
@@ -74,6 +83,41 @@ impl MetricsLog {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+        })
+    }
+
+    /// Opens the log of an interrupted run to continue it from `step`: the
+    /// records of later steps (written after the checkpoint the run resumes
+    /// from) are dropped, the rest kept, and new records are appended.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::Output`] if the file cannot be read or rewritten.
+    pub fn resume(path: &Path, step: usize) -> Result<Self, TrainError> {
+        let err = |e: String| TrainError::Output {
+            path: path.to_path_buf(),
+            message: e,
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut kept = String::new();
+        for line in text.lines() {
+            // a line torn by the crash does not parse: it goes too
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if value["step"].as_u64().is_some_and(|s| s as usize <= step) {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        crate::checkpoint::write_atomic(path, &kept)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| err(e.to_string()))?;
         Ok(Self {
             path: path.to_path_buf(),
             out: BufWriter::new(file),

@@ -1,182 +1,307 @@
-//! The pretraining loop.
+//! The pretraining loop: data, the BYOL step, monitors, checkpoints and
+//! resume.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use byol_data::{IdxDataset, ImageRef, Split};
-use byol_eval::{EvalTransform, KnnAccuracy, extract_features, knn_classify, pixel_features};
-use byol_model::{Byol, Encoder, ResNet};
+use byol_data::{DataError, Dataset, OpenOptions, Split, Subset};
+use byol_eval::{KnnAccuracy, extract_features, knn_classify, labels, pixel_features};
+use byol_model::{Byol, Encoder, ForwardOptions, ResNet};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use serde::Serialize;
 
-use crate::checkpoint::{save_module, save_record};
-use crate::config::{DataFormat, OptimizerKind, RunConfig};
+use crate::checkpoint::{
+    TrainState, list_checkpoints, load_module, read_state, save_module, write_atomic,
+    write_checkpoint,
+};
+use crate::collapse::{CollapseMetrics, collapse_metrics};
+use crate::config::{LrSchedule, RunConfig};
+use crate::loader::{Plan, with_loader};
 use crate::metrics::{MetricsLog, Record};
+use crate::optim::{ByolOptimizer, OptimizerSettings, clip_global_norm, split_gradients};
 use crate::{TrainError, byol_loss, schedule};
 
-/// The optimizers a run can use, over the whole BYOL module (the target's
-/// parameters get no gradients, so the optimizers leave them alone).
+/// The two parameter groups' optimizers: encoder + projector, and the
+/// predictor (with its own learning-rate multiplier).
 #[derive(Clone)]
-pub enum ByolOptimizer<M: AutodiffModule<B>, B: AutodiffBackend> {
-    /// See [`OptimizerKind::Adam`].
-    Adam(OptimizerAdaptor<Adam, M, B>),
-    /// See [`OptimizerKind::Sgd`].
-    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, M, B>),
+pub struct Optimizers<M: AutodiffModule<B>, B: AutodiffBackend> {
+    /// Encoder and projector.
+    pub main: ByolOptimizer<M, B>,
+    /// Predictor.
+    pub predictor: ByolOptimizer<M, B>,
 }
 
-impl<M: AutodiffModule<B>, B: AutodiffBackend> ByolOptimizer<M, B> {
-    /// Builds the optimizer named by `kind`. burn's defaults differ from
-    /// PyTorch's (Adam ε 1e-5, SGD dampening 0.1); these are set as PyTorch.
-    pub fn new(kind: OptimizerKind, weight_decay: f64, momentum: f64) -> Self {
-        let decay = (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32));
-        match kind {
-            OptimizerKind::Adam => Self::Adam(
-                AdamConfig::new()
-                    .with_epsilon(1e-8)
-                    .with_weight_decay(decay)
-                    .init(),
-            ),
-            OptimizerKind::Sgd => Self::Sgd(
-                SgdConfig::new()
-                    .with_momentum(Some(MomentumConfig {
-                        momentum,
-                        dampening: 0.0,
-                        nesterov: false,
-                    }))
-                    .with_weight_decay(decay)
-                    .init(),
-            ),
+impl<M: AutodiffModule<B>, B: AutodiffBackend> Optimizers<M, B> {
+    /// Both groups with the same settings.
+    pub fn new(settings: &OptimizerSettings) -> Self {
+        Self {
+            main: ByolOptimizer::new(settings),
+            predictor: ByolOptimizer::new(settings),
         }
     }
 
-    /// One optimizer step.
-    pub fn step(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
-        match self {
-            Self::Adam(o) => o.step(lr, module, grads),
-            Self::Sgd(o) => o.step(lr, module, grads),
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        self.main.save(&dir.join("optimizer.mpk"))?;
+        self.predictor.save(&dir.join("optimizer-predictor.mpk"))
+    }
+
+    fn load(self, dir: &Path, device: &B::Device) -> Result<Self, TrainError> {
+        Ok(Self {
+            main: self.main.load(&dir.join("optimizer.mpk"), device)?,
+            predictor: self
+                .predictor
+                .load(&dir.join("optimizer-predictor.mpk"), device)?,
+        })
+    }
+}
+
+/// What one step uses besides the model and the views.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepSettings {
+    /// Learning rate of the encoder and projector.
+    pub lr: f64,
+    /// Learning rate of the predictor.
+    pub predictor_lr: f64,
+    /// τ of the target update after the step.
+    pub tau: f64,
+    /// Global gradient-norm clip (0 = off).
+    pub grad_clip_norm: f64,
+    /// How the views go through the networks.
+    pub forward: ForwardOptions,
+    /// Make the loss NaN (the guard's test switch).
+    pub poison: bool,
+}
+
+impl StepSettings {
+    /// One learning rate for everything, no clipping, views apart.
+    pub fn simple(lr: f64, tau: f64) -> Self {
+        Self {
+            lr,
+            predictor_lr: lr,
+            tau,
+            grad_clip_norm: 0.0,
+            forward: ForwardOptions::default(),
+            poison: false,
         }
     }
+}
+
+/// What a step leaves for the loop, all on the inner backend and detached.
+#[derive(Debug, Clone)]
+pub struct StepOutput<B: Backend> {
+    /// The loss, `[1]`, still on the device.
+    pub loss: Tensor<B, 1>,
+    /// Online representations of view 1, `[batch, dim]`.
+    pub representations: Tensor<B, 2>,
+    /// Online projections of view 1, `[batch, projection_dim]`.
+    pub projections: Tensor<B, 2>,
 }
 
 /// One BYOL training step: forward both views, symmetric loss, backward,
-/// optimizer step on the online network, then the target update with `tau`.
-/// Returns the updated model and the (device-resident) loss.
+/// optional global-norm clip, an optimizer step per parameter group, then
+/// the target update ξ ← τξ + (1 − τ)θ
+/// [BYOL, Grill et al. 2020, arXiv:2006.07733, §3.1].
 pub fn byol_step<B: AutodiffBackend, E: Encoder<B> + AutodiffModule<B>>(
     model: Byol<B, E>,
-    optimizer: &mut ByolOptimizer<Byol<B, E>, B>,
+    optimizers: &mut Optimizers<Byol<B, E>, B>,
     view1: Tensor<B, 4>,
     view2: Tensor<B, 4>,
-    lr: f64,
-    tau: f64,
-) -> (Byol<B, E>, Tensor<B::InnerBackend, 1>)
+    settings: &StepSettings,
+) -> (Byol<B, E>, StepOutput<B::InnerBackend>)
 where
     Byol<B, E>: AutodiffModule<B>,
 {
-    let out = model.forward(view1, view2);
-    let loss = byol_loss(out.p1, out.p2, out.z1, out.z2);
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let model = optimizer.step(lr, model, grads);
-    (model.update_target(tau), loss.inner())
+    let out = model.forward_with(view1, view2, settings.forward);
+    let mut loss = byol_loss(out.p1, out.p2, out.z1, out.z2);
+    if settings.poison {
+        loss = loss.mul_scalar(f64::NAN);
+    }
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    if settings.grad_clip_norm > 0.0 {
+        clip_global_norm::<B, _>(&mut grads, &model.online, settings.grad_clip_norm);
+    }
+    let predictor_grads = split_gradients::<B, _>(&mut grads, &model.online.predictor);
+    let model = optimizers.main.step(settings.lr, model, grads);
+    let model = optimizers
+        .predictor
+        .step(settings.predictor_lr, model, predictor_grads);
+    let output = StepOutput {
+        loss: loss.inner(),
+        representations: out.y1.inner(),
+        projections: out.h1.inner(),
+    };
+    (model.update_target(settings.tau), output)
 }
 
 /// The figures a finished run reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
-    /// kNN on raw pixels (the floor to beat).
-    pub knn_raw_pixels: KnnAccuracy,
+    /// kNN on raw pixels (the floor to beat); `None` without labelled
+    /// train and test splits.
+    pub knn_raw_pixels: Option<KnnAccuracy>,
     /// kNN of the encoder before training.
-    pub knn_random_init: KnnAccuracy,
+    pub knn_random_init: Option<KnnAccuracy>,
     /// kNN of the encoder after training.
-    pub knn_trained: KnnAccuracy,
+    pub knn_trained: Option<KnnAccuracy>,
     /// Optimizer steps done.
     pub steps: usize,
-    /// Final epoch's mean loss.
+    /// Mean loss of the last epoch.
     pub final_loss: f64,
-    /// Wall time of the whole run, evaluation included.
+    /// Training wall time (all sessions of a resumed run), seconds.
+    pub train_seconds: f64,
+    /// Wall time of this session, evaluation included, seconds.
     pub seconds: f64,
+    /// Fraction of the training time spent waiting for data.
+    pub data_wait_fraction: f64,
+    /// Images skipped as unreadable (`data.on_corrupt = "skip"`).
+    pub skipped_images: usize,
+    /// Images of the pretraining set.
+    pub train_images: usize,
+    /// The step this session resumed from, if it did.
+    pub resumed_from: Option<usize>,
 }
 
-struct Splits {
-    train: IdxDataset,
-    test: IdxDataset,
+/// How [`pretrain`] runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PretrainOptions {
+    /// Show progress bars.
+    pub progress: bool,
+    /// Continue the run in the output folder from its newest valid
+    /// checkpoint.
+    pub resume: bool,
 }
 
-fn load_data(config: &RunConfig) -> Result<Splits, TrainError> {
+/// The labelled splits of the kNN monitor.
+struct KnnData {
+    bank: Arc<dyn Dataset>,
+    bank_labels: Vec<u32>,
+    queries: Arc<dyn Dataset>,
+    query_labels: Vec<u32>,
+}
+
+struct Data {
+    train: Arc<dyn Dataset>,
+    knn: Option<KnnData>,
+}
+
+fn progress_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+/// Opens the pretraining split and, when labelled train and test splits
+/// exist, the kNN monitor's.
+fn open_data(config: &RunConfig, show: bool) -> Result<Data, TrainError> {
     let d = &config.data;
-    let (mut train, mut test) = match d.format {
-        DataFormat::Idx => (
-            IdxDataset::load_dir(&d.path, Split::Train)?,
-            IdxDataset::load_dir(&d.path, Split::Test)?,
-        ),
+    let scan_bar = if show {
+        ProgressBar::new(0).with_style(progress_style(
+            "checking files [{bar:30.cyan/blue}] {pos}/{len} {per_sec} ETA {eta}",
+        ))
+    } else {
+        ProgressBar::hidden()
     };
-    if d.train_limit > 0 {
-        train = train.take(d.train_limit);
+    let report = |done: usize, total: usize| {
+        scan_bar.set_length(total as u64);
+        scan_bar.set_position(done as u64);
+    };
+    let options = OpenOptions {
+        on_corrupt: d.on_corrupt,
+        cifar100_labels: d.cifar100_labels,
+        progress: Some(&report),
+    };
+    let open = |split| byol_data::open(&d.path, d.format, split, &options);
+    let limited = |ds: Box<dyn Dataset>, limit: usize| -> Arc<dyn Dataset> {
+        if limit > 0 {
+            Arc::new(Subset::first(ds, limit))
+        } else {
+            Arc::from(ds)
+        }
+    };
+    let train = limited(open(d.pretrain_split)?, d.train_limit);
+    let bank = if d.pretrain_split == Split::Train {
+        Some(train.clone())
+    } else {
+        optional(open(Split::Train))?.map(|ds| limited(ds, d.train_limit))
+    };
+    let queries = optional(open(Split::Test))?.map(|ds| limited(ds, d.test_limit));
+    scan_bar.finish_and_clear();
+    for ds in [Some(&train), bank.as_ref(), queries.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if ds.skipped_count() > 0 {
+            tracing::warn!(
+                "{} unreadable files skipped (data.on_corrupt = \"skip\")",
+                ds.skipped_count()
+            );
+        }
     }
-    if d.test_limit > 0 {
-        test = test.take(d.test_limit);
-    }
-    if train.len() < config.train.batch_size {
-        return Err(TrainError::Dataset(format!(
-            "{}: {} training images, fewer than train.batch_size = {}",
-            d.path.display(),
-            train.len(),
-            config.train.batch_size
-        )));
-    }
-    Ok(Splits { train, test })
+    let knn = match (bank, queries) {
+        (Some(bank), Some(queries)) => match (labels(&*bank, 0), labels(&*queries, 0)) {
+            (Ok(bank_labels), Ok(query_labels)) => Some(KnnData {
+                bank,
+                bank_labels,
+                queries,
+                query_labels,
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::info!("no kNN monitor: {e}");
+                None
+            }
+        },
+        _ => {
+            tracing::info!(path = %d.path.display(), "no labelled train and test splits: no kNN monitor");
+            None
+        }
+    };
+    Ok(Data { train, knn })
 }
 
-/// kNN of features from `encode` on the labelled splits, or `None` when a
-/// split has no labels.
-fn knn<B: Backend>(
-    splits: &Splits,
-    config: &RunConfig,
-    encode: impl Fn(&byol_data::ImageSet) -> Result<Tensor<B, 2>, TrainError>,
-) -> Result<Option<KnnAccuracy>, TrainError> {
-    let (Some(train_labels), Some(test_labels)) = (&splits.train.labels, &splits.test.labels)
-    else {
-        return Ok(None);
-    };
-    let bank = encode(&splits.train.images)?;
-    let queries = encode(&splits.test.images)?;
-    Ok(Some(knn_classify(
-        bank,
-        train_labels,
-        queries,
-        test_labels,
-        &config.eval.knn,
-    )?))
+/// A split that may not exist: `None` when the dataset has no such split.
+fn optional(
+    result: Result<Box<dyn Dataset>, DataError>,
+) -> Result<Option<Box<dyn Dataset>>, TrainError> {
+    match result {
+        Ok(ds) => Ok(Some(ds)),
+        Err(
+            DataError::NoSplit { .. }
+            | DataError::UnsupportedSplit { .. }
+            | DataError::Missing { .. },
+        ) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
-fn encoder_knn<B: Backend>(
-    encoder: &ResNet<B>,
-    splits: &Splits,
+/// kNN accuracy of `features` (raw pixels when `encoder` is `None`).
+fn knn_eval<B: Backend, E: Encoder<B>>(
+    encoder: Option<&E>,
+    knn: &KnnData,
     config: &RunConfig,
     device: &B::Device,
-) -> Result<Option<KnnAccuracy>, TrainError> {
-    let transform = EvalTransform {
-        size: config.augment.size,
-        mean: config.augment.mean.clone(),
-        std: config.augment.std.clone(),
+) -> Result<KnnAccuracy, TrainError> {
+    let transform = config.augment.eval_transform();
+    let batch = config.eval.batch_size;
+    let features = |ds: &dyn Dataset| -> Result<Tensor<B, 2>, TrainError> {
+        Ok(match encoder {
+            Some(e) => extract_features(e, ds, 0, &transform, batch, device, &|_| {})?,
+            None => pixel_features(ds, 0, &transform, batch, device)?,
+        })
     };
-    knn(splits, config, |images| {
-        Ok(extract_features(
-            encoder,
-            images,
-            &transform,
-            config.eval.batch_size,
-            device,
-        )?)
-    })
+    let bank = features(&*knn.bank)?;
+    let queries = features(&*knn.queries)?;
+    Ok(knn_classify(
+        bank,
+        &knn.bank_labels,
+        queries,
+        &knn.query_labels,
+        &config.eval.knn,
+    )?)
 }
 
 fn create_dir(path: &Path) -> Result<(), TrainError> {
@@ -186,277 +311,502 @@ fn create_dir(path: &Path) -> Result<(), TrainError> {
     })
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), TrainError> {
-    std::fs::write(path, text).map_err(|e| TrainError::Output {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
-
-fn progress_bar(total: u64, show: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
+/// The keys of `a` and `b` (flattened, dotted) whose values differ, among
+/// those that must not change when resuming.
+fn resume_conflicts(a: &RunConfig, b: &RunConfig) -> Result<Vec<String>, TrainError> {
+    fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.to_string())),
+        }
     }
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar
+    let table = |c: &RunConfig| -> Result<Vec<(String, String)>, TrainError> {
+        let value: toml::Value =
+            toml::from_str(&c.to_toml()?).map_err(|e| TrainError::ConfigFile {
+                path: "<resolved>".into(),
+                message: e.to_string(),
+            })?;
+        let mut out = Vec::new();
+        flatten("", &value, &mut out);
+        Ok(out)
+    };
+    let fixed = |key: &str| {
+        key == "seed"
+            || key == "train.batch_size"
+            || key == "train.use_momentum"
+            || (key.starts_with("data.") && key != "data.prefetch")
+            || key.starts_with("model.")
+            || key.starts_with("augment.")
+    };
+    let (ta, tb) = (table(a)?, table(b)?);
+    let mut keys: Vec<String> = ta
+        .iter()
+        .chain(&tb)
+        .map(|(k, _)| k.clone())
+        .filter(|k| fixed(k))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let get =
+        |t: &[(String, String)], k: &str| t.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+    Ok(keys
+        .into_iter()
+        .filter(|k| get(&ta, k) != get(&tb, k))
+        .map(|k| {
+            format!(
+                "{k}: run has {}, now {}",
+                get(&ta, &k).unwrap_or_else(|| "(unset)".into()),
+                get(&tb, &k).unwrap_or_else(|| "(unset)".into())
+            )
+        })
+        .collect())
 }
 
-/// Splitmix64: derives independent seeds from (seed, a, b).
-fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    let mut z =
-        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+fn new_model<B: AutodiffBackend>(
+    config: &RunConfig,
+    channels: usize,
+    device: &B::Device,
+) -> Byol<B, ResNet<B>> {
+    B::seed(device, config.seed);
+    let encoder = config.model.encoder_config(channels);
+    Byol::new(
+        encoder.init(device),
+        config.train.use_momentum.then(|| encoder.init(device)),
+        &config.model.heads_config(),
+        device,
+    )
 }
 
-/// Runs BYOL pretraining as `config` says, writing into `out_dir`:
-/// `config.toml` (resolved), `metrics.jsonl`, `checkpoint/` (model and
-/// optimizer), `encoder.mpk` (the online encoder alone) and `summary.json`.
+/// Runs BYOL pretraining as `config` says, in the run folder `out_dir`:
+/// `config.toml` (resolved), `metrics.jsonl`, `checkpoints/step-N/`,
+/// `encoder.mpk` (the online encoder alone) and `summary.json`.
 ///
 /// Reports kNN accuracy of raw pixels, of the random-init encoder and of the
-/// encoder after each `eval.every_epochs` epochs on the test split.
+/// encoder every `eval.every_epochs` epochs, when the data has labelled
+/// train and test splits. With `options.resume`, continues the run in
+/// `out_dir` from its newest valid checkpoint; `config` must then agree with
+/// the run's on data, model, augmentation, seed and batch size.
 ///
 /// # Errors
 ///
 /// Any [`TrainError`]: bad config values (checked before any work), data,
-/// output files, or a diverging loss.
+/// output files, a resume that does not fit, a diverging loss or collapse.
 pub fn pretrain<B: AutodiffBackend>(
     config: &RunConfig,
     out_dir: &Path,
     device: &B::Device,
-    show_progress: bool,
+    options: PretrainOptions,
 ) -> Result<RunSummary, TrainError> {
     let started = Instant::now();
     config.validate()?;
-    let splits = load_data(config)?;
-    let channels = splits.train.images.channels;
-    config.augment.check_channels(channels)?;
-    let encoder_cfg = config.model.encoder_config(channels);
-    encoder_cfg.validate("model")?;
-
-    create_dir(out_dir)?;
-    write_file(&out_dir.join("config.toml"), &config.to_toml()?)?;
-    let mut metrics = MetricsLog::create(&out_dir.join("metrics.jsonl"))?;
-    tracing::info!(
-        out = %out_dir.display(),
-        train = splits.train.len(),
-        test = splits.test.len(),
-        encoder = ?config.model.encoder,
-        "pretraining"
-    );
-
-    B::seed(device, config.seed);
-    let mut model: Byol<B, ResNet<B>> = Byol::new(
-        encoder_cfg.init(device),
-        encoder_cfg.init(device),
-        &config.model.heads_config(),
-        device,
-    );
-    let mut optimizer = ByolOptimizer::new(
-        config.train.optimizer,
-        config.train.weight_decay,
-        config.train.momentum,
-    );
-
-    let none = KnnAccuracy {
-        top1: 0.0,
-        top5: 0.0,
-    };
-    let log_knn = |metrics: &mut MetricsLog, name: &str, epoch, step, acc: Option<KnnAccuracy>| {
-        if let Some(acc) = acc {
-            tracing::info!(
-                "kNN {name:<12} epoch {epoch:>3}: top-1 {:.2}%  top-5 {:.2}%",
-                100.0 * acc.top1,
-                100.0 * acc.top5
-            );
-            metrics.write(&Record::Knn {
-                model: name.to_string(),
-                epoch,
-                step,
-                top1: acc.top1,
-                top5: acc.top5,
-            })?;
+    let config_path = out_dir.join("config.toml");
+    if options.resume {
+        let saved = RunConfig::load(Some(&config_path), &[])
+            .map_err(|e| TrainError::Resume(format!("{}: {e}", out_dir.display())))?;
+        let conflicts = resume_conflicts(&saved, config)?;
+        if !conflicts.is_empty() {
+            return Err(TrainError::Resume(format!(
+                "{} was trained with other settings; refusing to resume:\n  {}",
+                out_dir.display(),
+                conflicts.join("\n  ")
+            )));
         }
-        Ok::<_, TrainError>(acc.unwrap_or(none))
-    };
-    let inner_device = device.clone();
-    let raw = knn::<B::InnerBackend>(&splits, config, |images| {
-        Ok(pixel_features(images, &inner_device))
-    })?;
-    let knn_raw_pixels = log_knn(&mut metrics, "raw_pixels", 0, 0, raw)?;
-    let random = encoder_knn(&model.online.encoder.valid(), &splits, config, device)?;
-    let knn_random_init = log_knn(&mut metrics, "random_init", 0, 0, random)?;
-    let mut knn_trained = knn_random_init;
+    } else if config_path.exists() || out_dir.join(crate::checkpoint::CHECKPOINTS).exists() {
+        return Err(TrainError::Output {
+            path: out_dir.to_path_buf(),
+            message: "already holds a run; pass --resume to continue it, or choose another --out"
+                .into(),
+        });
+    }
+    let data = open_data(config, options.progress)?;
+    let train = &data.train;
+    let channels = train.channels();
+    config.augment.check_channels(channels)?;
+    config.model.encoder_config(channels).validate("model")?;
 
     let t = &config.train;
-    let batch = t.batch_size;
-    let steps_per_epoch = splits.train.len() / batch;
+    let steps_per_epoch = train.len() / t.batch_size;
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Dataset(format!(
+            "{}: {} training images, fewer than train.batch_size = {}",
+            config.data.path.display(),
+            train.len(),
+            t.batch_size
+        )));
+    }
     let mut total_steps = steps_per_epoch * t.epochs;
     if t.max_steps > 0 {
         total_steps = total_steps.min(t.max_steps);
     }
     let epochs = total_steps.div_ceil(steps_per_epoch);
-    let (size, c) = (config.augment.size, channels);
-    let bar = progress_bar(total_steps as u64, show_progress);
-    let mut step = 0;
-    let mut final_loss = f64::NAN;
-    let mut indices: Vec<usize> = (0..splits.train.len()).collect();
-    let mut tau = schedule::tau(0, total_steps, t.tau_base);
+    let warmup_steps = (t.warmup_epochs * steps_per_epoch as f64).round() as usize;
+    let base_lr = t.base_lr();
 
-    for epoch in 1..=epochs {
-        let span = tracing::info_span!("epoch", n = epoch);
-        let _enter = span.enter();
-        bar.set_prefix(format!("epoch {epoch}/{epochs}"));
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(config.seed, epoch as u64, 0));
-        indices.shuffle(&mut rng);
-        let epoch_start = Instant::now();
-        let mut last_log = Instant::now();
-        let mut logged_since = 0usize;
-        let mut loss_sum = Tensor::<B::InnerBackend, 1>::zeros([1], device);
-        let mut epoch_steps = 0;
-        for chunk in indices.chunks_exact(batch) {
-            if step >= total_steps {
-                break;
-            }
-            let images: Vec<ImageRef<'_>> = chunk
-                .iter()
-                .map(|&i| splits.train.images.image(i))
-                .collect();
-            let (v1, v2) = byol_augment::two_views(
-                &images,
-                &config.augment,
-                mix(config.seed, epoch as u64, step as u64 + 1),
-            );
-            let v1 =
-                Tensor::<B, 1>::from_floats(v1.as_slice(), device).reshape([batch, c, size, size]);
-            let v2 =
-                Tensor::<B, 1>::from_floats(v2.as_slice(), device).reshape([batch, c, size, size]);
-            tau = schedule::tau(step, total_steps, t.tau_base);
-            let (next, loss) = byol_step(model, &mut optimizer, v1, v2, t.lr, tau);
-            model = next;
-            step += 1;
-            epoch_steps += 1;
-            logged_since += batch;
-            loss_sum = loss_sum + loss.clone();
-            if step % t.log_every == 0 || step == total_steps {
-                // the only host synchronisation of the step loop
-                let value: f32 = loss.into_scalar().elem();
-                if !value.is_finite() {
-                    bar.abandon();
-                    return Err(TrainError::NonFinite { step, loss: value });
-                }
-                let ips = logged_since as f64 / last_log.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!(
-                    "{ips:.0} img/s loss {value:.4} τ {tau:.4} lr {:.2e}",
-                    t.lr
-                ));
-                tracing::debug!(step, loss = value, tau, "step");
-                metrics.write(&Record::Step {
-                    step,
-                    epoch,
-                    loss: value,
-                    tau,
-                    lr: t.lr,
-                    images_per_sec: ips,
-                })?;
-                last_log = Instant::now();
-                logged_since = 0;
-            }
-            bar.inc(1);
-        }
-        let seconds = epoch_start.elapsed().as_secs_f64();
-        let mean: f32 = loss_sum.into_scalar().elem();
-        final_loss = f64::from(mean) / epoch_steps.max(1) as f64;
-        if !final_loss.is_finite() {
-            bar.abandon();
-            return Err(TrainError::NonFinite {
-                step,
-                loss: final_loss as f32,
+    let settings = t.optimizer_settings();
+    let (model, mut optimizers, mut state, mut metrics, resumed_from) = if options.resume {
+        let mut found = None;
+        for (step, dir) in list_checkpoints(out_dir) {
+            let attempt = read_state(&dir).and_then(|state| {
+                let model = load_module(
+                    new_model::<B>(config, channels, device),
+                    &dir.join("model.mpk"),
+                    device,
+                )?;
+                let optimizers = Optimizers::new(&settings).load(&dir, device)?;
+                Ok((model, optimizers, state))
             });
+            match attempt {
+                Ok(loaded) => {
+                    tracing::info!(step, path = %dir.display(), "resuming");
+                    found = Some(loaded);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %dir.display(), "skipping an unusable checkpoint: {e}")
+                }
+            }
         }
-        let images_per_sec = (epoch_steps * batch) as f64 / seconds.max(1e-9);
-        bar.suspend(|| {
-            tracing::info!(
-                "epoch {epoch}: loss {final_loss:.4}, {images_per_sec:.0} img/s, {seconds:.1}s, tau {tau:.4}"
-            )
-        });
-        metrics.write(&Record::Epoch {
-            epoch,
-            step,
-            loss: final_loss,
-            seconds,
-            images_per_sec,
+        let (model, optimizers, state) = found.ok_or_else(|| {
+            TrainError::Resume(format!(
+                "{}: no usable checkpoint in {}",
+                out_dir.display(),
+                out_dir.join(crate::checkpoint::CHECKPOINTS).display()
+            ))
         })?;
-        if epoch % config.eval.every_epochs == 0 || epoch == epochs {
-            let acc = bar
-                .suspend(|| encoder_knn(&model.online.encoder.valid(), &splits, config, device))?;
-            knn_trained = bar.suspend(|| log_knn(&mut metrics, "epoch", epoch, step, acc))?;
+        let metrics = MetricsLog::resume(&out_dir.join("metrics.jsonl"), state.step)?;
+        let from = state.step;
+        (model, optimizers, state, metrics, Some(from))
+    } else {
+        create_dir(out_dir)?;
+        write_atomic(&config_path, &config.to_toml()?)?;
+        let mut metrics = MetricsLog::create(&out_dir.join("metrics.jsonl"))?;
+        let model = new_model::<B>(config, channels, device);
+        let mut state = TrainState {
+            step: 0,
+            epoch_loss_sum: 0.0,
+            epoch_steps: 0,
+            epoch_images: 0,
+            tau: t.tau_base,
+            lr: 0.0,
+            last_epoch_loss: None,
+            knn_raw_pixels: None,
+            knn_random_init: None,
+            knn_trained: None,
+            low_z_std_intervals: 0,
+            skipped_images: 0,
+            train_seconds: 0.0,
+            data_wait_seconds: 0.0,
+        };
+        if let Some(knn) = &data.knn {
+            let raw =
+                knn_eval::<B::InnerBackend, ResNet<B::InnerBackend>>(None, knn, config, device)?;
+            log_knn(&mut metrics, "raw_pixels", 0, 0, raw)?;
+            let random = knn_eval(Some(&model.online.encoder.valid()), knn, config, device)?;
+            log_knn(&mut metrics, "random_init", 0, 0, random)?;
+            state.knn_raw_pixels = Some(raw);
+            state.knn_random_init = Some(random);
+            state.knn_trained = Some(random);
         }
-    }
+        (model, Optimizers::new(&settings), state, metrics, None)
+    };
+    tracing::info!(
+        out = %out_dir.display(),
+        train = train.len(),
+        steps = total_steps,
+        from = state.step,
+        encoder = ?config.model.encoder,
+        "pretraining"
+    );
+
+    let bar = if options.progress {
+        ProgressBar::new(total_steps as u64).with_style(progress_style(
+            "{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}",
+        ))
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_position(state.step as u64);
+    let (size, c) = (config.augment.size, channels);
+    let proj_dim = config.model.projection_dim;
+    let warn_z_std = 0.1 / (proj_dim as f64).sqrt();
+    let plan = Plan {
+        seed: config.seed,
+        batch_size: t.batch_size,
+        steps_per_epoch,
+        total_steps,
+        start_step: state.step,
+    };
+    let session_start = Instant::now();
+    let session_train_seconds = state.train_seconds;
+    let session_wait_seconds = state.data_wait_seconds;
+    let result = with_loader(
+        &**train,
+        plan,
+        &config.augment,
+        config.data.on_corrupt,
+        config.data.prefetch,
+        |loader| {
+            let mut loss_sum =
+                Tensor::<B::InnerBackend, 1>::from_floats([state.epoch_loss_sum as f32], device);
+            let mut last_log = (Instant::now(), loader.waited(), 0usize);
+            let mut epoch_start = (Instant::now(), loader.waited());
+            let mut model = model;
+            while let Some(batch) = loader.next_batch()? {
+                let step = batch.step;
+                let epoch = batch.epoch;
+                bar.set_prefix(format!("epoch {epoch}/{epochs}"));
+                for (name, reason) in &batch.skipped {
+                    bar.suspend(|| tracing::warn!("skipped {name}: {reason}"));
+                }
+                state.skipped_images += batch.skipped.len();
+                let n = batch.len;
+                let v1 = Tensor::<B, 1>::from_floats(batch.view1.as_slice(), device)
+                    .reshape([n, c, size, size]);
+                let v2 = Tensor::<B, 1>::from_floats(batch.view2.as_slice(), device)
+                    .reshape([n, c, size, size]);
+                let lr = schedule::learning_rate(
+                    step,
+                    total_steps,
+                    warmup_steps,
+                    base_lr,
+                    t.min_lr,
+                    t.lr_schedule == LrSchedule::Cosine,
+                );
+                let tau = schedule::tau(step, total_steps, t.tau_base);
+                let step_settings = StepSettings {
+                    lr,
+                    predictor_lr: lr * t.predictor_lr_multiplier,
+                    tau,
+                    grad_clip_norm: t.grad_clip_norm,
+                    forward: ForwardOptions {
+                        concat_views: t.concat_views,
+                    },
+                    poison: t.inject_nan_at_step == step + 1,
+                };
+                let (next, out) = byol_step(model, &mut optimizers, v1, v2, &step_settings);
+                model = next;
+                state.step = step + 1;
+                state.tau = tau;
+                state.lr = lr;
+                state.epoch_steps += 1;
+                state.epoch_images += n;
+                last_log.2 += n;
+                loss_sum = loss_sum + out.loss.clone();
+                bar.inc(1);
+
+                if state.step % t.log_every == 0 || state.step == total_steps {
+                    // the host synchronisations of the loop: one per log interval
+                    let loss: f32 = out.loss.into_scalar().elem();
+                    if !loss.is_finite() {
+                        bar.abandon();
+                        return Err(TrainError::NonFinite {
+                            step: state.step,
+                            loss,
+                        });
+                    }
+                    let [_, dim] = out.representations.dims();
+                    let reps: Vec<f32> = out
+                        .representations
+                        .into_data()
+                        .to_vec()
+                        .map_err(|e| TrainError::Dataset(format!("{e:?}")))?;
+                    let projs: Vec<f32> = out
+                        .projections
+                        .into_data()
+                        .to_vec()
+                        .map_err(|e| TrainError::Dataset(format!("{e:?}")))?;
+                    let collapse: CollapseMetrics = collapse_metrics(&reps, dim, &projs, proj_dim);
+                    let elapsed = last_log.0.elapsed().as_secs_f64().max(1e-9);
+                    let waited = (loader.waited() - last_log.1).as_secs_f64();
+                    let ips = last_log.2 as f64 / elapsed;
+                    bar.set_message(format!(
+                        "{ips:.0} img/s loss {loss:.4} z-std {:.3} τ {tau:.4} lr {lr:.2e}",
+                        collapse.z_std
+                    ));
+                    tracing::debug!(
+                        step = state.step,
+                        loss,
+                        tau,
+                        lr,
+                        z_std = collapse.z_std,
+                        "step"
+                    );
+                    metrics.write(&Record::Step {
+                        step: state.step,
+                        epoch,
+                        loss,
+                        tau,
+                        lr,
+                        images_per_sec: ips,
+                        data_wait_fraction: waited / elapsed,
+                        collapse,
+                    })?;
+                    last_log = (Instant::now(), loader.waited(), 0);
+                    let threshold = if t.collapse_stop > 0.0 {
+                        t.collapse_stop
+                    } else {
+                        warn_z_std
+                    };
+                    if collapse.z_std < threshold {
+                        state.low_z_std_intervals += 1;
+                    } else {
+                        state.low_z_std_intervals = 0;
+                    }
+                    if state.low_z_std_intervals >= t.collapse_patience {
+                        if t.collapse_stop > 0.0 {
+                            bar.abandon();
+                            return Err(TrainError::Collapsed {
+                                step: state.step,
+                                z_std: collapse.z_std,
+                                threshold,
+                            });
+                        }
+                        if state.low_z_std_intervals == t.collapse_patience {
+                            bar.suspend(|| tracing::warn!(
+                            "z-std {:.4} below {threshold:.4} for {} logged intervals: the representation may be collapsing (healthy ≈ {:.4})",
+                            collapse.z_std, t.collapse_patience, 1.0 / (proj_dim as f64).sqrt()
+                        ));
+                        }
+                    }
+                }
+
+                let epoch_end = state.step % steps_per_epoch == 0 || state.step == total_steps;
+                if epoch_end {
+                    let sum: f32 = loss_sum.clone().into_scalar().elem();
+                    let mean = f64::from(sum) / state.epoch_steps.max(1) as f64;
+                    if !mean.is_finite() {
+                        bar.abandon();
+                        return Err(TrainError::NonFinite {
+                            step: state.step,
+                            loss: mean as f32,
+                        });
+                    }
+                    let seconds = epoch_start.0.elapsed().as_secs_f64().max(1e-9);
+                    let waited = (loader.waited() - epoch_start.1).as_secs_f64();
+                    let images_per_sec = state.epoch_images as f64 / seconds;
+                    bar.suspend(|| tracing::info!(
+                    "epoch {epoch}: loss {mean:.4}, {images_per_sec:.0} img/s, {seconds:.1}s, data wait {:.1}%, τ {tau:.4}",
+                    100.0 * waited / seconds, tau = state.tau
+                ));
+                    metrics.write(&Record::Epoch {
+                        epoch,
+                        step: state.step,
+                        loss: mean,
+                        seconds,
+                        images_per_sec,
+                        data_wait_fraction: waited / seconds,
+                    })?;
+                    state.last_epoch_loss = Some(mean);
+                    if let Some(knn) = &data.knn
+                        && (epoch % config.eval.every_epochs == 0 || state.step == total_steps)
+                    {
+                        let acc = bar.suspend(|| {
+                            knn_eval(Some(&model.online.encoder.valid()), knn, config, device)
+                        })?;
+                        bar.suspend(|| log_knn(&mut metrics, "epoch", epoch, state.step, acc))?;
+                        state.knn_trained = Some(acc);
+                    }
+                    state.epoch_loss_sum = 0.0;
+                    state.epoch_steps = 0;
+                    state.epoch_images = 0;
+                    loss_sum = Tensor::zeros([1], device);
+                }
+                if epoch_end || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0) {
+                    let sum: f32 = loss_sum.clone().into_scalar().elem();
+                    if !sum.is_finite() {
+                        bar.abandon();
+                        return Err(TrainError::NonFinite {
+                            step: state.step,
+                            loss: sum,
+                        });
+                    }
+                    state.epoch_loss_sum = f64::from(sum);
+                    state.train_seconds =
+                        session_train_seconds + session_start.elapsed().as_secs_f64();
+                    state.data_wait_seconds = session_wait_seconds + loader.waited().as_secs_f64();
+                    let model_ref = &model;
+                    let opt_ref = &optimizers;
+                    write_checkpoint(out_dir, &state, t.keep_checkpoints, |dir| {
+                        save_module::<B, _>(model_ref.clone(), &dir.join("model.mpk"))?;
+                        opt_ref.save(dir)
+                    })?;
+                }
+                if epoch_end {
+                    epoch_start = (Instant::now(), loader.waited());
+                }
+            }
+            state.train_seconds = session_train_seconds + session_start.elapsed().as_secs_f64();
+            state.data_wait_seconds = session_wait_seconds + loader.waited().as_secs_f64();
+            Ok(model)
+        },
+    );
+    let model = result?;
     bar.finish_and_clear();
 
-    let ckpt = out_dir.join("checkpoint");
-    create_dir(&ckpt)?;
-    let optim_path = ckpt.join("optimizer.mpk");
-    match &optimizer {
-        ByolOptimizer::Adam(o) => save_record::<B, _>(o.to_record(), &optim_path)?,
-        ByolOptimizer::Sgd(o) => save_record::<B, _>(o.to_record(), &optim_path)?,
-    }
-    write_file(
-        &ckpt.join("state.json"),
-        &serde_json::json!({ "step": step, "epoch": epochs, "tau": tau }).to_string(),
-    )?;
     save_module::<B, _>(model.online.encoder.clone(), &out_dir.join("encoder.mpk"))?;
-    save_module::<B, _>(model, &ckpt.join("model.mpk"))?;
-
     let summary = RunSummary {
-        knn_raw_pixels,
-        knn_random_init,
-        knn_trained,
-        steps: step,
-        final_loss,
+        knn_raw_pixels: state.knn_raw_pixels,
+        knn_random_init: state.knn_random_init,
+        knn_trained: state.knn_trained,
+        steps: state.step,
+        final_loss: state.last_epoch_loss.unwrap_or(f64::NAN),
+        train_seconds: state.train_seconds,
         seconds: started.elapsed().as_secs_f64(),
+        data_wait_fraction: state.data_wait_seconds / state.train_seconds.max(1e-9),
+        skipped_images: state.skipped_images + train.skipped_count(),
+        train_images: train.len(),
+        resumed_from,
     };
-    write_file(
-        &out_dir.join("summary.json"),
-        &serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Output {
-            path: out_dir.join("summary.json"),
-            message: e.to_string(),
-        })?,
-    )?;
+    let json = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Output {
+        path: out_dir.join("summary.json"),
+        message: e.to_string(),
+    })?;
+    write_atomic(&out_dir.join("summary.json"), &json)?;
     Ok(summary)
+}
+
+fn log_knn(
+    metrics: &mut MetricsLog,
+    name: &str,
+    epoch: usize,
+    step: usize,
+    acc: KnnAccuracy,
+) -> Result<(), TrainError> {
+    tracing::info!(
+        "kNN {name:<12} epoch {epoch:>3}: top-1 {:.2}%  top-5 {:.2}%",
+        100.0 * acc.top1,
+        100.0 * acc.top5
+    );
+    metrics.write(&Record::Knn {
+        model: name.to_string(),
+        epoch,
+        step,
+        top1: acc.top1,
+        top5: acc.top5,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex, NdArray};
-    use burn::module::{ModuleVisitor, Param};
     use burn::tensor::Distribution;
     use byol_model::{HeadsConfig, ResNetConfig};
 
-    /// Every float tensor of a module, flattened, in visiting order.
-    fn values<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
-        struct V(Vec<f32>);
-        impl<B: Backend> ModuleVisitor<B> for V {
-            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-                self.0
-                    .extend(p.val().into_data().to_vec::<f32>().expect("f32"));
-            }
-        }
-        let mut v = V(Vec::new());
-        m.visit(&mut v);
-        v.0
-    }
+    use crate::config::OptimizerKind;
 
-    /// The trainable parameters of an encoder (BatchNorm running statistics
-    /// left out: the target's also move by its own forward passes).
+    /// The trainable weights of an encoder's convolutions and BatchNorm
+    /// scales (running statistics left out: the target's also move by its
+    /// own forward passes).
     fn weights<B: Backend>(e: &ResNet<B>) -> Vec<f32> {
         let mut tensors = vec![e.conv1.weight.val().reshape([-1])];
         if let byol_model::Norm::Batch(bn) = &e.bn1 {
@@ -478,33 +828,39 @@ mod tests {
             .collect()
     }
 
+    fn settings() -> OptimizerSettings {
+        OptimizerSettings {
+            kind: OptimizerKind::Adam,
+            weight_decay: 0.0,
+            momentum: 0.9,
+            lars_eta: 1e-3,
+            lars_exclude_bias_and_norm: true,
+        }
+    }
+
     fn step_changes_weights<B: AutodiffBackend>(size: usize, batch: usize) {
         let device = Default::default();
         let cfg = ResNetConfig::small();
         let model: Byol<B, ResNet<B>> = Byol::new(
             cfg.init(&device),
-            cfg.init(&device),
+            Some(cfg.init(&device)),
             &HeadsConfig::new(32, 16, 32),
             &device,
         );
-        let mut optim = ByolOptimizer::new(OptimizerKind::Adam, 0.0, 0.9);
+        let mut optim = Optimizers::new(&settings());
         let x1 = Tensor::<B, 4>::random([batch, 1, size, size], Distribution::Default, &device);
         let x2 = Tensor::<B, 4>::random([batch, 1, size, size], Distribution::Default, &device);
-        let (enc0, tgt0) = (
-            weights(&model.online.encoder),
-            weights(&model.target.encoder),
-        );
+        let target0 = model.target.as_ref().expect("target");
+        let (enc0, tgt0) = (weights(&model.online.encoder), weights(&target0.encoder));
         assert_eq!(enc0, tgt0, "the target starts as a copy");
-        let (model, loss) = byol_step(model, &mut optim, x1, x2, 1e-2, 0.5);
-        let loss: f32 = loss.into_scalar().elem();
+        let (model, out) = byol_step(model, &mut optim, x1, x2, &StepSettings::simple(1e-2, 0.5));
+        let loss: f32 = out.loss.into_scalar().elem();
         assert!(
             loss.is_finite() && (0.0..=4.0).contains(&loss),
             "loss {loss}"
         );
-        let (enc1, tgt1) = (
-            weights(&model.online.encoder),
-            weights(&model.target.encoder),
-        );
+        let target1 = model.target.as_ref().expect("target");
+        let (enc1, tgt1) = (weights(&model.online.encoder), weights(&target1.encoder));
         let changed = enc0.iter().zip(&enc1).filter(|(a, b)| a != b).count();
         assert!(
             changed > enc0.len() / 2,
@@ -532,38 +888,88 @@ mod tests {
     }
 
     #[test]
-    fn sgd_momentum_has_no_dampening_as_pytorch() {
-        // loss = sum(x·W): a constant gradient g = x per weight row. Two SGD
-        // steps with momentum 0.9 and PyTorch's dampening 0 move W by
-        // lr·g·(1 + 1.9) = 2.9·lr·g (burn's default dampening 0.1 gives 2.8).
+    fn the_predictor_group_gets_its_own_learning_rate() {
+        // lr 0 for encoder and projector: only the predictor moves
         type A = Autodiff<Flex>;
         let device = Default::default();
-        let mut linear = burn::nn::LinearConfig::new(3, 1)
-            .with_bias(false)
-            .init::<A>(&device);
-        let w0 = values(&linear);
-        let x = Tensor::<A, 2>::from_floats([[1.0, 2.0, 3.0]], &device);
-        let mut optim = ByolOptimizer::<burn::nn::Linear<A>, A>::new(OptimizerKind::Sgd, 0.0, 0.9);
-        for _ in 0..2 {
-            let grads =
-                GradientsParams::from_grads(linear.forward(x.clone()).sum().backward(), &linear);
-            linear = optim.step(0.1, linear, grads);
-        }
-        for ((w1, w0), g) in values(&linear).iter().zip(&w0).zip([1.0, 2.0, 3.0]) {
-            assert!(
-                (w0 - w1 - 0.29 * g).abs() < 1e-5,
-                "moved {} instead of {}",
-                w0 - w1,
-                0.29 * g
-            );
-        }
+        let cfg = ResNetConfig::small();
+        let model: Byol<A, ResNet<A>> = Byol::new(
+            cfg.init(&device),
+            Some(cfg.init(&device)),
+            &HeadsConfig::new(32, 16, 32),
+            &device,
+        );
+        let pred0: Vec<f32> = model
+            .online
+            .predictor
+            .linear1
+            .weight
+            .val()
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        let enc0 = weights(&model.online.encoder);
+        let x = Tensor::<A, 4>::random([4, 1, 28, 28], Distribution::Default, &device);
+        let mut optim = Optimizers::new(&settings());
+        let step = StepSettings {
+            predictor_lr: 1e-2,
+            ..StepSettings::simple(0.0, 1.0)
+        };
+        let (model, _) = byol_step(model, &mut optim, x.clone(), x, &step);
+        let pred1: Vec<f32> = model
+            .online
+            .predictor
+            .linear1
+            .weight
+            .val()
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        assert_ne!(pred0, pred1);
+        assert_eq!(enc0, weights(&model.online.encoder));
     }
 
     #[test]
-    fn mix_separates_nearby_inputs() {
-        let seeds: std::collections::HashSet<u64> = (0..100)
-            .flat_map(|a| (0..100).map(move |b| mix(7, a, b)))
-            .collect();
-        assert_eq!(seeds.len(), 10_000);
+    fn a_poisoned_step_gives_a_nan_loss() {
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        let cfg = ResNetConfig::small();
+        let model: Byol<A, ResNet<A>> = Byol::new(
+            cfg.init(&device),
+            Some(cfg.init(&device)),
+            &HeadsConfig::new(32, 16, 32),
+            &device,
+        );
+        let x = Tensor::<A, 4>::random([4, 1, 28, 28], Distribution::Default, &device);
+        let step = StepSettings {
+            poison: true,
+            ..StepSettings::simple(1e-3, 0.99)
+        };
+        let (_, out) = byol_step(
+            model,
+            &mut Optimizers::new(&settings()),
+            x.clone(),
+            x,
+            &step,
+        );
+        let loss: f32 = out.loss.into_scalar().elem();
+        assert!(loss.is_nan());
+    }
+
+    #[test]
+    fn resume_conflicts_name_the_keys_that_matter() {
+        let a = RunConfig::default();
+        let mut b = RunConfig::default();
+        b.train.epochs = 99; // allowed: a longer run
+        b.train.lr = 0.5;
+        assert!(resume_conflicts(&a, &b).expect("comparable").is_empty());
+        b.model.projection_dim = 64;
+        b.data.train_limit = 10;
+        b.seed = 4;
+        let conflicts = resume_conflicts(&a, &b).expect("comparable").join("; ");
+        for key in ["model.projection_dim", "data.train_limit", "seed"] {
+            assert!(conflicts.contains(key), "{conflicts}");
+        }
+        assert!(!conflicts.contains("train.lr"), "{conflicts}");
     }
 }

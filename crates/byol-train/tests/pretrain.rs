@@ -1,13 +1,13 @@
-//! End to end: a short pretraining run on real images from the shipped
+//! End to end: short pretraining runs on real images from the shipped
 //! Fashion-MNIST sample.
 
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
-use byol_data::{IdxDataset, Split};
-use byol_eval::{EvalTransform, extract_features};
-use byol_train::RunConfig;
-use byol_train::checkpoint::load_module;
+use byol_data::{Dataset, IdxDataset, Split};
+use byol_eval::extract_features;
+use byol_train::checkpoint::{list_checkpoints, load_module};
+use byol_train::{PretrainOptions, RunConfig, TrainError};
 
 type B = Autodiff<Flex>;
 
@@ -34,6 +34,22 @@ fn config(overrides: &[&str]) -> RunConfig {
     RunConfig::load(None, &all).expect("test config should be valid")
 }
 
+fn run(config: &RunConfig, out: &Path) -> Result<byol_train::RunSummary, TrainError> {
+    byol_train::pretrain::<B>(config, out, &Default::default(), PretrainOptions::default())
+}
+
+fn resume(config: &RunConfig, out: &Path) -> Result<byol_train::RunSummary, TrainError> {
+    byol_train::pretrain::<B>(
+        config,
+        out,
+        &Default::default(),
+        PretrainOptions {
+            progress: false,
+            resume: true,
+        },
+    )
+}
+
 fn records(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .expect("metrics.jsonl should exist")
@@ -42,12 +58,26 @@ fn records(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The records without the fields that measure time.
+fn deterministic(dir: &Path) -> Vec<serde_json::Value> {
+    records(dir)
+        .into_iter()
+        .map(|mut r| {
+            if let Some(o) = r.as_object_mut() {
+                for key in ["images_per_sec", "seconds", "data_wait_fraction"] {
+                    o.remove(key);
+                }
+            }
+            r
+        })
+        .collect()
+}
+
 #[test]
 fn short_run_lowers_loss_and_writes_a_usable_encoder() {
     let out = tempfile::tempdir().expect("tempdir");
     let config = config(&[]);
-    let summary = byol_train::pretrain::<B>(&config, out.path(), &Default::default(), false)
-        .expect("run should finish");
+    let summary = run(&config, out.path()).expect("run should finish");
     assert_eq!(summary.steps, 3 * (384 / 64));
 
     for file in [
@@ -55,13 +85,23 @@ fn short_run_lowers_loss_and_writes_a_usable_encoder() {
         "metrics.jsonl",
         "encoder.mpk",
         "summary.json",
-        "checkpoint/model.mpk",
-        "checkpoint/optimizer.mpk",
-        "checkpoint/state.json",
     ] {
         assert!(
             out.path().join(file).is_file(),
             "{file} should be in the run folder"
+        );
+    }
+    let checkpoints = list_checkpoints(out.path());
+    assert_eq!(checkpoints[0].0, 18, "the last checkpoint is the last step");
+    for file in [
+        "model.mpk",
+        "optimizer.mpk",
+        "optimizer-predictor.mpk",
+        "state.json",
+    ] {
+        assert!(
+            checkpoints[0].1.join(file).is_file(),
+            "{file} should be in the checkpoint"
         );
     }
     // the resolved config reloads to the same values
@@ -86,6 +126,14 @@ fn short_run_lowers_loss_and_writes_a_usable_encoder() {
         epoch_losses[2] < epoch_losses[0],
         "loss should go down: {epoch_losses:?}"
     );
+    let steps: Vec<&serde_json::Value> = recs.iter().filter(|r| r["kind"] == "step").collect();
+    assert_eq!(steps.len(), 18);
+    for s in &steps {
+        let z = s["z_std"].as_f64().expect("z_std logged");
+        assert!(z > 0.0 && z <= 1.0, "z-std {z}");
+        assert!(s["effective_rank"].as_f64().expect("rank logged") >= 1.0);
+        assert!(s["repr_variance"].as_f64().expect("variance logged") > 0.0);
+    }
     let knn: Vec<&str> = recs
         .iter()
         .filter(|r| r["kind"] == "knn")
@@ -95,8 +143,9 @@ fn short_run_lowers_loss_and_writes_a_usable_encoder() {
         knn,
         ["raw_pixels", "random_init", "epoch", "epoch", "epoch"]
     );
+    let raw = summary.knn_raw_pixels.expect("the sample is labelled");
     assert!(
-        summary.knn_raw_pixels.top1 > 0.5,
+        raw.top1 > 0.5,
         "raw pixels should classify the sample: {summary:?}"
     );
 
@@ -105,34 +154,213 @@ fn short_run_lowers_loss_and_writes_a_usable_encoder() {
     let fresh = config.model.encoder_config(1).init::<Flex>(&device);
     let encoder =
         load_module(fresh, &out.path().join("encoder.mpk"), &device).expect("encoder.mpk loads");
-    let test = IdxDataset::load_dir(sample_dir(), Split::Test)
-        .expect("sample loads")
-        .take(64);
-    let transform = EvalTransform {
-        size: 28,
-        mean: vec![0.286],
-        std: vec![0.353],
-    };
-    let features =
-        extract_features(&encoder, &test.images, &transform, 32, &device).expect("features");
+    let test = IdxDataset::load_dir(sample_dir(), Split::Test).expect("sample loads");
+    let transform = config.augment.eval_transform();
+    let features = extract_features(
+        &encoder,
+        &test as &dyn Dataset,
+        64,
+        &transform,
+        32,
+        &device,
+        &|_| {},
+    )
+    .expect("features");
     assert_eq!(features.dims(), [64, 128]);
     let values = features.into_data().to_vec::<f32>().expect("f32");
     assert!(values.iter().all(|v| v.is_finite()));
-    let spread = values.iter().map(|v| v.abs()).sum::<f32>();
-    assert!(spread > 0.0, "features should not be all zero");
+    assert!(
+        values.iter().any(|v| *v != 0.0),
+        "features should not be all zero"
+    );
+}
+
+#[test]
+fn a_resumed_run_ends_exactly_as_an_uninterrupted_one() {
+    let overrides = ["train.checkpoint_every=4", "train.keep_checkpoints=10"];
+    let config = config(&overrides);
+    let full = tempfile::tempdir().expect("tempdir");
+    run(&config, full.path()).expect("uninterrupted run");
+
+    // the state of a run that died at step 10, mid-epoch 2: its newest
+    // checkpoint is step 8, its log ran ahead, and a checkpoint was torn
+    let cut = tempfile::tempdir().expect("tempdir");
+    let ckpts = cut.path().join("checkpoints");
+    std::fs::create_dir_all(&ckpts).expect("mkdir");
+    std::fs::copy(
+        full.path().join("config.toml"),
+        cut.path().join("config.toml"),
+    )
+    .expect("copy");
+    for (step, dir) in list_checkpoints(full.path()) {
+        if step <= 8 {
+            let to = ckpts.join(dir.file_name().expect("name"));
+            std::fs::create_dir(&to).expect("mkdir");
+            for f in std::fs::read_dir(&dir).expect("read") {
+                let f = f.expect("entry").path();
+                std::fs::copy(&f, to.join(f.file_name().expect("name"))).expect("copy");
+            }
+        }
+    }
+    std::fs::create_dir(ckpts.join(".step-000000012.partial")).expect("mkdir");
+    let log: Vec<String> = std::fs::read_to_string(full.path().join("metrics.jsonl"))
+        .expect("log")
+        .lines()
+        .map(String::from)
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["step"].as_u64().expect("step") <= 10
+        })
+        .collect();
+    std::fs::write(
+        cut.path().join("metrics.jsonl"),
+        log.join("\n") + "\n{\"kind\":\"st",
+    )
+    .expect("write");
+
+    let summary = resume(&config, cut.path()).expect("resumed run");
+    assert_eq!(summary.resumed_from, Some(8));
+    assert_eq!(deterministic(full.path()), deterministic(cut.path()));
+    let full_summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(full.path().join("summary.json")).expect("summary"),
+    )
+    .expect("json");
+    assert_eq!(
+        full_summary["knn_trained"],
+        serde_json::to_value(summary.knn_trained).expect("json")
+    );
+    assert_eq!(
+        full_summary["final_loss"],
+        serde_json::json!(summary.final_loss)
+    );
+}
+
+#[test]
+fn an_unusable_newest_checkpoint_falls_back_to_the_one_before() {
+    let config = config(&[
+        "train.epochs=2",
+        "train.checkpoint_every=3",
+        "train.keep_checkpoints=3",
+    ]);
+    let out = tempfile::tempdir().expect("tempdir");
+    run(&config, out.path()).expect("run");
+    let ckpts = list_checkpoints(out.path());
+    assert_eq!(
+        ckpts.iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec![12, 9, 6]
+    );
+    // the newest model file is torn
+    std::fs::write(ckpts[0].1.join("model.mpk"), b"torn").expect("write");
+    let summary = resume(&config, out.path()).expect("resumes from step 9");
+    assert_eq!(summary.resumed_from, Some(9));
+    assert_eq!(summary.steps, 12);
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_leaves_the_last_checkpoint_loadable() {
+    let poisoned = config(&[
+        "train.checkpoint_every=4",
+        "train.inject_nan_at_step=5",
+        "train.log_every=3",
+    ]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let err = run(&poisoned, out.path()).expect_err("the NaN stops the run");
+    assert!(matches!(err, TrainError::NonFinite { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("NaN") && msg.contains("step"), "{msg}");
+    // the checkpoint of step 4 is the newest and it loads
+    let ckpts = list_checkpoints(out.path());
+    assert_eq!(ckpts[0].0, 4, "nothing written after the NaN");
+    let summary = resume(
+        &config(&["train.checkpoint_every=4", "train.log_every=3"]),
+        out.path(),
+    )
+    .expect("the checkpoint resumes once the poison is gone");
+    assert_eq!(summary.resumed_from, Some(4));
+    assert!(summary.final_loss.is_finite());
+}
+
+#[test]
+fn collapse_stop_ends_the_run_with_a_clear_message() {
+    // a threshold no healthy run stays above: the guard must fire
+    let config = config(&["train.collapse_stop=10.0", "train.collapse_patience=2"]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let err = run(&config, out.path()).expect_err("collapse guard");
+    assert!(
+        matches!(err, TrainError::Collapsed { step: 2, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("train.collapse_stop"), "{err}");
+}
+
+#[test]
+fn variants_train_simsiam_group_norm_lars_and_concatenated_views() {
+    for overrides in [
+        &["train.use_momentum=false"][..],
+        &["model.norm=\"group_ws\"", "model.norm_groups=8"],
+        &[
+            "train.optimizer=lars",
+            "train.lr=0.3",
+            "train.lr_scale=\"linear\"",
+            "train.lr_schedule=\"cosine\"",
+            "train.warmup_epochs=1",
+            "train.grad_clip_norm=1.0",
+            "train.predictor_lr_multiplier=10.0",
+        ],
+        &[
+            "train.concat_views=true",
+            "model.head_batchnorm=false",
+            "train.optimizer=adamw",
+        ],
+    ] {
+        let mut all = vec!["train.epochs=1", "train.max_steps=3"];
+        all.extend_from_slice(overrides);
+        let out = tempfile::tempdir().expect("tempdir");
+        let summary =
+            run(&config(&all), out.path()).unwrap_or_else(|e| panic!("{overrides:?}: {e}"));
+        assert_eq!(summary.steps, 3, "{overrides:?}");
+        assert!(
+            summary.final_loss.is_finite() && summary.final_loss <= 4.0,
+            "{overrides:?}"
+        );
+    }
+}
+
+#[test]
+fn resuming_with_another_model_is_refused_naming_the_keys() {
+    let out = tempfile::tempdir().expect("tempdir");
+    run(
+        &config(&["train.epochs=1", "train.max_steps=2"]),
+        out.path(),
+    )
+    .expect("run");
+    let other = config(&[
+        "train.epochs=1",
+        "train.max_steps=2",
+        "model.projection_dim=16",
+        "seed=5",
+    ]);
+    let err = resume(&other, out.path()).expect_err("another model");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("model.projection_dim") && msg.contains("seed"),
+        "{msg}"
+    );
+    // and a fresh run into an existing run folder is refused too
+    let err = run(&config(&[]), out.path()).expect_err("occupied");
+    assert!(err.to_string().contains("--resume"), "{err}");
 }
 
 #[test]
 fn bad_values_are_rejected_before_any_work() {
     let out = tempfile::tempdir().expect("tempdir");
-    let run = out.path().join("never");
+    let target = out.path().join("never");
     let mut config = config(&[]);
     config.train.tau_base = 1.5;
-    let err =
-        byol_train::pretrain::<B>(&config, &run, &Default::default(), false).expect_err("tau 1.5");
+    let err = run(&config, &target).expect_err("tau 1.5");
     assert!(err.to_string().contains("train.tau_base"), "{err}");
     assert!(
-        !run.exists(),
+        !target.exists(),
         "nothing should be written for a rejected config"
     );
 }
@@ -141,7 +369,6 @@ fn bad_values_are_rejected_before_any_work() {
 fn missing_dataset_names_the_folder() {
     let out = tempfile::tempdir().expect("tempdir");
     let config = config(&["data.path=\"/nonexistent/fashion\""]);
-    let err = byol_train::pretrain::<B>(&config, out.path(), &Default::default(), false)
-        .expect_err("no data");
+    let err = run(&config, out.path()).expect_err("no data");
     assert!(err.to_string().contains("/nonexistent/fashion"), "{err}");
 }

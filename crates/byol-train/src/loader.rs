@@ -1,0 +1,283 @@
+//! The data pipeline of pretraining: a producer thread decodes and
+//! augments the batches of the run in order, a bounded number ahead of the
+//! model, so that the next batch is ready while the current one computes.
+//!
+//! Everything random is a pure function of the run seed, the epoch and the
+//! step — the epoch's shuffle, each batch's augmentation seed — so a run
+//! resumed at step k sees exactly the batches an uninterrupted run sees from
+//! step k on. Memory: at most `prefetch + 2` batches of views and one batch
+//! of decoded images exist at a time, whatever the dataset's size.
+
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use byol_augment::{AugmentConfig, two_views};
+use byol_data::{Dataset, Image, OnCorrupt};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+
+use crate::TrainError;
+
+/// The steps of a run, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Run seed.
+    pub seed: u64,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Batches per epoch (the incomplete last one is dropped).
+    pub steps_per_epoch: usize,
+    /// Steps of the whole run.
+    pub total_steps: usize,
+    /// First step to produce (0 for a fresh run, k when resuming).
+    pub start_step: usize,
+}
+
+/// One batch of two views, `[n, channels, size, size]` each, flattened.
+#[derive(Debug)]
+pub struct Batch {
+    /// 0-based step of the run.
+    pub step: usize,
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Images in the batch (fewer than the batch size when bad images were
+    /// skipped).
+    pub len: usize,
+    /// First views.
+    pub view1: Vec<f32>,
+    /// Second views.
+    pub view2: Vec<f32>,
+    /// Samples left out of this batch as unreadable, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// splitmix64 of (seed, a, b): independent seeds for each (epoch, step).
+pub fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    let mut z =
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The order of the `n` samples in `epoch` (1-based) of a run with `seed`.
+pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(seed, epoch as u64, 0));
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Augmentation seed of the batch of `step` (0-based) in `epoch`.
+pub fn batch_seed(seed: u64, epoch: usize, step: usize) -> u64 {
+    mix(seed, epoch as u64, step as u64 + 1)
+}
+
+/// Makes the batch of `step`, decoding its images in parallel.
+///
+/// # Errors
+///
+/// The first decode error with `OnCorrupt::Fail`; [`TrainError::Dataset`]
+/// when skipping leaves fewer than 2 images.
+pub fn make_batch(
+    dataset: &dyn Dataset,
+    order: &[usize],
+    plan: &Plan,
+    step: usize,
+    augment: &AugmentConfig,
+    on_corrupt: OnCorrupt,
+) -> Result<Batch, TrainError> {
+    let epoch = step / plan.steps_per_epoch + 1;
+    let k = step % plan.steps_per_epoch;
+    let indices = &order[k * plan.batch_size..(k + 1) * plan.batch_size];
+    let decoded: Vec<(usize, Result<Image, byol_data::DataError>)> =
+        indices.par_iter().map(|&i| (i, dataset.image(i))).collect();
+    let mut images = Vec::with_capacity(decoded.len());
+    let mut skipped = Vec::new();
+    for (i, result) in decoded {
+        match (result, on_corrupt) {
+            (Ok(image), _) => images.push(image),
+            (Err(e), OnCorrupt::Fail) => return Err(e.into()),
+            (Err(e), OnCorrupt::Skip) => skipped.push((dataset.name(i), e.to_string())),
+        }
+    }
+    if images.len() < 2 {
+        return Err(TrainError::Dataset(format!(
+            "step {step}: only {} readable images in the batch after skipping bad ones",
+            images.len()
+        )));
+    }
+    let refs: Vec<_> = images.iter().map(Image::as_ref).collect();
+    let (view1, view2) = two_views(&refs, augment, batch_seed(plan.seed, epoch, step));
+    Ok(Batch {
+        step,
+        epoch,
+        len: images.len(),
+        view1,
+        view2,
+        skipped,
+    })
+}
+
+/// Produces the batches of `plan` from `start_step` into `tx` until the
+/// run ends, an error is sent, or the receiver is gone.
+fn produce(
+    dataset: &dyn Dataset,
+    plan: Plan,
+    augment: &AugmentConfig,
+    on_corrupt: OnCorrupt,
+    tx: SyncSender<Result<Batch, TrainError>>,
+) {
+    let mut order: Option<(usize, Vec<usize>)> = None;
+    for step in plan.start_step..plan.total_steps {
+        let epoch = step / plan.steps_per_epoch + 1;
+        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            order = Some((epoch, epoch_order(plan.seed, epoch, dataset.len())));
+        }
+        let Some((_, indices)) = &order else {
+            return;
+        };
+        let batch = make_batch(dataset, indices, &plan, step, augment, on_corrupt);
+        let failed = batch.is_err();
+        if tx.send(batch).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The consumer's end of the pipeline, measuring the time spent waiting.
+pub struct Loader {
+    rx: Receiver<Result<Batch, TrainError>>,
+    waited: Duration,
+}
+
+impl Loader {
+    /// The next batch, `None` after the last; adds the time blocked to
+    /// [`Loader::waited`].
+    ///
+    /// # Errors
+    ///
+    /// What the producer met (decode errors with `on_corrupt = "fail"`).
+    pub fn next_batch(&mut self) -> Result<Option<Batch>, TrainError> {
+        let start = Instant::now();
+        let batch = self.rx.recv();
+        self.waited += start.elapsed();
+        batch.ok().transpose()
+    }
+
+    /// Total time spent waiting for data so far.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+/// Runs `consume` with a [`Loader`] fed by a producer thread for `plan`,
+/// `prefetch` batches ahead. The producer stops when `consume` returns.
+pub fn with_loader<T>(
+    dataset: &dyn Dataset,
+    plan: Plan,
+    augment: &AugmentConfig,
+    on_corrupt: OnCorrupt,
+    prefetch: usize,
+    consume: impl FnOnce(&mut Loader) -> T,
+) -> T {
+    let (tx, rx) = sync_channel(prefetch.max(1));
+    std::thread::scope(|scope| {
+        scope.spawn(move || produce(dataset, plan, augment, on_corrupt, tx));
+        let mut loader = Loader {
+            rx,
+            waited: Duration::ZERO,
+        };
+        consume(&mut loader)
+        // `loader` (the receiver) is dropped here: a producer blocked in
+        // `send` wakes with an error and returns before the scope ends
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use byol_data::{IdxDataset, ImageSet};
+
+    fn dataset(n: usize) -> IdxDataset {
+        let pixels: Vec<u8> = (0..n * 64).map(|i| (i * 31 % 256) as u8).collect();
+        IdxDataset::new(
+            ImageSet {
+                pixels,
+                height: 8,
+                width: 8,
+                channels: 1,
+            },
+            None,
+            "t",
+        )
+        .expect("no labels")
+    }
+
+    fn plan(start_step: usize) -> Plan {
+        Plan {
+            seed: 3,
+            batch_size: 4,
+            steps_per_epoch: 5,
+            total_steps: 12,
+            start_step,
+        }
+    }
+
+    fn all(start: usize, prefetch: usize) -> Vec<Batch> {
+        let ds = dataset(21);
+        let aug = AugmentConfig {
+            size: 8,
+            ..AugmentConfig::default()
+        };
+        with_loader(&ds, plan(start), &aug, OnCorrupt::Fail, prefetch, |l| {
+            let mut out = Vec::new();
+            while let Some(b) = l.next_batch().expect("no decode errors") {
+                out.push(b);
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn batches_come_in_order_with_epochs_and_resume_at_any_step() {
+        let full = all(0, 2);
+        assert_eq!(full.len(), 12);
+        assert_eq!(
+            full.iter().map(|b| (b.step, b.epoch)).collect::<Vec<_>>()[..6],
+            [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1), (5, 2)]
+        );
+        // a resumed run sees the same batches, bit for bit
+        let resumed = all(7, 1);
+        assert_eq!(resumed.len(), 5);
+        for (a, b) in full[7..].iter().zip(&resumed) {
+            assert_eq!(a.step, b.step);
+            assert_eq!(a.view1, b.view1);
+            assert_eq!(a.view2, b.view2);
+        }
+    }
+
+    #[test]
+    fn each_epoch_is_a_new_permutation() {
+        let (a, b) = (epoch_order(3, 1, 50), epoch_order(3, 2, 50));
+        assert_ne!(a, b);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+        assert_eq!(a, epoch_order(3, 1, 50));
+    }
+
+    #[test]
+    fn the_producer_stops_when_the_consumer_leaves_early() {
+        let ds = dataset(21);
+        let aug = AugmentConfig {
+            size: 8,
+            ..AugmentConfig::default()
+        };
+        let first = with_loader(&ds, plan(0), &aug, OnCorrupt::Fail, 1, |l| {
+            l.next_batch().expect("ok").map(|b| b.step)
+        });
+        assert_eq!(first, Some(0));
+    }
+}
