@@ -88,6 +88,7 @@ pub fn bench_step<B: AutodiffBackend>(
         momentum: 0.9,
         lars_eta: 1e-3,
         lars_exclude_bias_and_norm: true,
+        lars_clip: false,
     });
     let shape = [config.batch_size, config.channels, config.size, config.size];
     // inputs made before the clock starts, reused in turn

@@ -835,6 +835,7 @@ mod tests {
             momentum: 0.9,
             lars_eta: 1e-3,
             lars_exclude_bias_and_norm: true,
+            lars_clip: false,
         }
     }
 
