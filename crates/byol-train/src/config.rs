@@ -307,6 +307,9 @@ impl TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
+    /// Run the kNN monitor during pretraining (when the data has labelled
+    /// train and test splits).
+    pub monitor: bool,
     /// The kNN monitor.
     pub knn: KnnConfig,
     /// Images per forward pass when extracting features.
@@ -318,6 +321,7 @@ pub struct EvalConfig {
 impl Default for EvalConfig {
     fn default() -> Self {
         Self {
+            monitor: true,
             knn: KnnConfig::default(),
             batch_size: 256,
             every_epochs: 1,
