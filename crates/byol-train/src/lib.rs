@@ -11,14 +11,20 @@ pub mod bench;
 pub mod checkpoint;
 pub mod collapse;
 pub mod config;
+pub mod evaluate;
 pub mod lars;
 pub mod loader;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+#[cfg(feature = "plot")]
+pub mod plot;
+pub mod run;
 pub mod schedule;
 pub mod trainer;
 
+pub use evaluate::{EmbedSummary, EvalReport, UseOptions, embed, evaluate, evaluate_run};
+pub use run::Run;
 pub use config::{
     DataConfig, EncoderKind, EvalConfig, LrScale, LrSchedule, ModelConfig, OptimizerKind,
     RunConfig, TrainConfig,
@@ -62,6 +68,9 @@ pub enum TrainError {
     /// The model rejected its config.
     #[error(transparent)]
     Model(#[from] byol_model::ModelError),
+    /// `model.init_from` cannot be loaded into the encoder.
+    #[error("model.init_from: {0}")]
+    InitFrom(#[source] byol_model::ModelError),
     /// Evaluation failed.
     #[error(transparent)]
     Eval(#[from] byol_eval::EvalError),
