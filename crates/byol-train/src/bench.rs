@@ -31,6 +31,8 @@ pub struct StepBenchConfig {
     pub warmup: usize,
     /// Timed steps.
     pub steps: usize,
+    /// Run both views as one batch of 2 × `batch_size`.
+    pub concat_views: bool,
 }
 
 /// What [`bench_step`] measured.
@@ -88,6 +90,7 @@ pub fn bench_step<B: AutodiffBackend>(
         momentum: 0.9,
         lars_eta: 1e-3,
         lars_exclude_bias_and_norm: true,
+        lars_clip: false,
     });
     let shape = [config.batch_size, config.channels, config.size, config.size];
     // inputs made before the clock starts, reused in turn
@@ -109,7 +112,12 @@ pub fn bench_step<B: AutodiffBackend>(
                 &mut optimizer,
                 v1,
                 v2,
-                &StepSettings::simple(1e-3, 0.99),
+                &StepSettings {
+                    forward: byol_model::ForwardOptions {
+                        concat_views: config.concat_views,
+                    },
+                    ..StepSettings::simple(1e-3, 0.99)
+                },
             );
             model = next;
             last = Some(out.loss);
@@ -129,6 +137,77 @@ pub fn bench_step<B: AutodiffBackend>(
         images_per_sec: (config.steps * config.batch_size) as f64 / seconds,
         ms_per_step: 1e3 * seconds / config.steps as f64,
         peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Images per second of the loader's work — decoding a batch's images and
+/// making their two views ([`crate::loader::make_batch`]) — over `batches`
+/// batches of `dataset`, on a rayon pool of `threads` threads.
+///
+/// # Errors
+///
+/// [`TrainError::InvalidConfig`] for zero threads, batches or a batch larger
+/// than the dataset; decode errors; [`TrainError::Dataset`] when the thread
+/// pool cannot be built.
+pub fn bench_data(
+    dataset: &dyn byol_data::Dataset,
+    augment: &byol_augment::AugmentConfig,
+    batch_size: usize,
+    batches: usize,
+    threads: usize,
+) -> Result<f64, TrainError> {
+    for (key, v) in [
+        ("threads", threads),
+        ("batches", batches),
+        ("batch_size", batch_size),
+    ] {
+        if v == 0 {
+            return Err(TrainError::InvalidConfig {
+                key: format!("bench.{key}"),
+                value: "0".into(),
+                expected: "at least 1".into(),
+            });
+        }
+    }
+    let steps_per_epoch = dataset.len() / batch_size;
+    if steps_per_epoch == 0 {
+        return Err(TrainError::InvalidConfig {
+            key: "bench.batch_size".into(),
+            value: batch_size.to_string(),
+            expected: format!("at most the dataset's {} images", dataset.len()),
+        });
+    }
+    let plan = crate::loader::Plan {
+        seed: 0,
+        batch_size,
+        steps_per_epoch,
+        total_steps: batches,
+        start_step: 0,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| TrainError::Dataset(format!("thread pool: {e}")))?;
+    pool.install(|| {
+        let start = Instant::now();
+        let mut images = 0;
+        let mut order = (0, Vec::new());
+        for step in 0..batches {
+            let epoch = step / steps_per_epoch + 1;
+            if order.0 != epoch {
+                order = (epoch, crate::loader::epoch_order(0, epoch, dataset.len()));
+            }
+            let batch = crate::loader::make_batch(
+                dataset,
+                &order.1,
+                &plan,
+                step,
+                augment,
+                byol_data::OnCorrupt::Fail,
+            )?;
+            images += batch.len;
+        }
+        Ok(images as f64 / start.elapsed().as_secs_f64())
     })
 }
 

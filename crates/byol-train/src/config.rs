@@ -224,6 +224,8 @@ pub struct TrainConfig {
     pub lars_eta: f64,
     /// LARS: biases and normalisation parameters skip decay and adaptation.
     pub lars_exclude_bias_and_norm: bool,
+    /// LARS: cap the trust ratio at 1 (solo-learn's `clip_lr`).
+    pub lars_clip: bool,
     /// Clip gradients to this global L2 norm (0 = off).
     pub grad_clip_norm: f64,
     /// τ₀ of the target's moving average, raised to 1 on a cosine.
@@ -268,6 +270,7 @@ impl Default for TrainConfig {
             momentum: 0.9,
             lars_eta: 1e-3,
             lars_exclude_bias_and_norm: true,
+            lars_clip: false,
             grad_clip_norm: 0.0,
             tau_base: 0.996,
             use_momentum: true,
@@ -300,6 +303,7 @@ impl TrainConfig {
             momentum: self.momentum,
             lars_eta: self.lars_eta,
             lars_exclude_bias_and_norm: self.lars_exclude_bias_and_norm,
+            lars_clip: self.lars_clip,
         }
     }
 }
@@ -308,6 +312,9 @@ impl TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
+    /// Run the kNN monitor during pretraining (when the data has labelled
+    /// train and test splits).
+    pub monitor: bool,
     /// The kNN monitor.
     pub knn: KnnConfig,
     /// Images per forward pass when extracting features.
@@ -321,6 +328,7 @@ pub struct EvalConfig {
 impl Default for EvalConfig {
     fn default() -> Self {
         Self {
+            monitor: true,
             knn: KnnConfig::default(),
             batch_size: 256,
             every_epochs: 1,

@@ -10,6 +10,7 @@
 //! ratio; 1 when either norm is 0); `v ← μv + u` (`v₀ = u`); `w ← w − lr·v`.
 //! Biases and normalisation parameters — the one-dimensional tensors of our
 //! networks — skip the weight decay and the trust ratio but keep momentum.
+//! Optionally the ratio is capped at 1 (solo-learn's `clip_lr`).
 //!
 //! Written as burn writes SGD: a config, a state record and
 //! [`SimpleOptimizer`], wrapped by burn's `OptimizerAdaptor`.
@@ -38,6 +39,10 @@ pub struct LarsConfig {
     /// shifts) out of weight decay and trust-ratio adaptation.
     #[config(default = true)]
     pub exclude_bias_and_norm: bool,
+    /// Cap the trust ratio at 1, so no tensor steps faster than the global
+    /// rate (solo-learn's `clip_lr`, LARC's clipping mode).
+    #[config(default = false)]
+    pub clip_ratio: bool,
 }
 
 /// The LARS optimizer; see the module docs.
@@ -47,6 +52,7 @@ pub struct Lars {
     weight_decay: f64,
     trust_coefficient: f64,
     exclude_bias_and_norm: bool,
+    clip_ratio: bool,
 }
 
 /// Per-tensor state: the momentum buffer.
@@ -64,6 +70,7 @@ impl LarsConfig {
             weight_decay: self.weight_decay,
             trust_coefficient: self.trust_coefficient,
             exclude_bias_and_norm: self.exclude_bias_and_norm,
+            clip_ratio: self.clip_ratio,
         }
     }
 
@@ -96,6 +103,11 @@ impl<B: Backend> SimpleOptimizer<B> for Lars {
             let ratio =
                 (w_norm / u_norm.clamp_min(f32::MIN_POSITIVE)).mul_scalar(self.trust_coefficient);
             let ratio = ratio.ones_like().mask_where(both_positive, ratio);
+            let ratio = if self.clip_ratio {
+                ratio.clamp_max(1.0)
+            } else {
+                ratio
+            };
             update = update * ratio.reshape([1; D]);
         }
         let velocity = match state {
@@ -192,6 +204,24 @@ mod tests {
             .build();
         let (w1, _) = SimpleOptimizer::<B>::step(&adapted, 0.1, t(&w, [2]), t(&g, [2]), None);
         assert!((vec(w1)[0] - 0.95).abs() > 1e-3);
+    }
+
+    #[test]
+    fn a_clipped_trust_ratio_never_exceeds_one() {
+        // ‖w‖ = 5, ‖g‖ = 0.05, η = 1: ratio 100, clipped to 1
+        let lars = LarsConfig::new()
+            .with_weight_decay(0.0)
+            .with_trust_coefficient(1.0)
+            .with_clip_ratio(true)
+            .build();
+        let (w1, _) = SimpleOptimizer::<B>::step(
+            &lars,
+            0.1,
+            t(&[3.0, 4.0], [1, 2]),
+            t(&[0.03, 0.04], [1, 2]),
+            None,
+        );
+        close(&vec(w1), &[3.0 - 0.003, 4.0 - 0.004]);
     }
 
     #[test]

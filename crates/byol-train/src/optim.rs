@@ -44,6 +44,8 @@ pub struct OptimizerSettings {
     /// LARS: leave biases and normalisation parameters out of decay and
     /// adaptation.
     pub lars_exclude_bias_and_norm: bool,
+    /// LARS: cap the trust ratio at 1.
+    pub lars_clip: bool,
 }
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> ByolOptimizer<M, B> {
@@ -81,6 +83,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> ByolOptimizer<M, B> {
                     .with_weight_decay(s.weight_decay)
                     .with_trust_coefficient(s.lars_eta)
                     .with_exclude_bias_and_norm(s.lars_exclude_bias_and_norm)
+                    .with_clip_ratio(s.lars_clip)
                     .init(),
             ),
         }
@@ -236,6 +239,7 @@ mod tests {
             momentum: 0.9,
             lars_eta: 1e-3,
             lars_exclude_bias_and_norm: true,
+            lars_clip: false,
         }
     }
 

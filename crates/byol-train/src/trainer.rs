@@ -224,6 +224,10 @@ fn open_data(config: &RunConfig, show: bool) -> Result<Data, TrainError> {
         }
     };
     let train = limited(open(d.pretrain_split)?, d.train_limit);
+    if !config.eval.monitor {
+        scan_bar.finish_and_clear();
+        return Ok(Data { train, knn: None });
+    }
     let bank = if d.pretrain_split == Split::Train {
         Some(train.clone())
     } else {
@@ -866,6 +870,7 @@ mod tests {
             momentum: 0.9,
             lars_eta: 1e-3,
             lars_exclude_bias_and_norm: true,
+            lars_clip: false,
         }
     }
 

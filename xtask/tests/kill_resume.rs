@@ -1,0 +1,151 @@
+//! A pretraining process killed with SIGKILL mid-epoch and resumed with
+//! `--resume` ends with the same metrics as an uninterrupted run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist-sample")
+}
+
+fn default_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.toml")
+}
+
+fn xtask() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A tiny run: 6 steps per epoch, 3 epochs, a checkpoint every 2 steps.
+fn pretrain_args(out: &Path) -> Vec<String> {
+    let mut args: Vec<String> = vec!["pretrain".into(), "--no-progress".into()];
+    args.extend(["--out".into(), out.display().to_string()]);
+    args.extend(["--data".into(), sample().display().to_string()]);
+    args.extend(["--config".into(), default_config().display().to_string()]);
+    for set in [
+        "data.train_limit=384",
+        "data.test_limit=100",
+        "train.batch_size=64",
+        "train.epochs=3",
+        "train.log_every=1",
+        "train.checkpoint_every=2",
+        "train.keep_checkpoints=20",
+        "model.projector_hidden=64",
+        "model.predictor_hidden=64",
+        "model.projection_dim=32",
+    ] {
+        args.extend(["--set".into(), set.into()]);
+    }
+    args
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            if let Some(o) = v.as_object_mut() {
+                for key in ["images_per_sec", "seconds", "data_wait_fraction"] {
+                    o.remove(key);
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_killed_mid_epoch_and_resumed_matches_an_uninterrupted_run() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (full, killed) = (root.path().join("full"), root.path().join("killed"));
+
+    let out = xtask()
+        .args(pretrain_args(&full))
+        .output()
+        .expect("xtask runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // kill the second run once the checkpoint of step 8 (mid-epoch 2) exists
+    let mut child = xtask()
+        .args(pretrain_args(&killed))
+        .spawn()
+        .expect("xtask starts");
+    let mark = killed.join("checkpoints").join("step-000000008");
+    let start = Instant::now();
+    while !mark.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "no checkpoint at step 8 after 10 minutes"
+        );
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("the run ended ({status}) before it could be killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    assert!(
+        !killed.join("summary.json").exists(),
+        "the run should have died before its end"
+    );
+
+    let out = xtask()
+        .args([
+            "pretrain",
+            "--no-progress",
+            "--resume",
+            &killed.display().to_string(),
+        ])
+        .output()
+        .expect("xtask resumes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(metrics(&full), metrics(&killed));
+    let summary = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).expect("summary"))
+            .expect("json")
+    };
+    let (a, b) = (summary(&full), summary(&killed));
+    for key in ["knn_trained", "final_loss", "steps"] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
+    assert!(b["resumed_from"].as_u64().is_some_and(|s| s >= 8));
+}
+
+#[test]
+fn bad_input_exits_non_zero_with_the_key_or_file_named() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--set", "train.tau_base=1.5"], "train.tau_base"),
+        (&["--set", "train.learning_rate=1"], "learning_rate"),
+        (&["--data", "/nonexistent/images"], "/nonexistent/images"),
+        (&["--config", "/nonexistent.toml"], "/nonexistent.toml"),
+    ];
+    let default_config = default_config();
+    for (i, (extra, needle)) in cases.iter().enumerate() {
+        let mut cmd = xtask();
+        cmd.args(["pretrain", "--no-progress", "--out"])
+            .arg(root.path().join(format!("r{i}")));
+        if !extra.contains(&"--config") {
+            cmd.arg("--config").arg(&default_config);
+        }
+        let out = cmd.args(*extra).output().expect("xtask runs");
+        assert!(!out.status.success(), "{extra:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{extra:?} panicked: {err}");
+    }
+}
