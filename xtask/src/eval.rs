@@ -30,12 +30,21 @@ pub struct EvalArgs {
 
 /// The run's config with `--set` and `--data` applied; only `eval.*` and
 /// `data.*` may change (the encoder is the run's).
-pub fn run_config(run_dir: &std::path::Path, set: &[String], data: Option<&PathBuf>) -> Result<RunConfig> {
+pub fn run_config(
+    run_dir: &std::path::Path,
+    set: &[String],
+    data: Option<&PathBuf>,
+) -> Result<RunConfig> {
     let mut overrides = Vec::new();
     for item in set {
-        let key = item.split_once('=').map_or(item.as_str(), |(k, _)| k).trim();
+        let key = item
+            .split_once('=')
+            .map_or(item.as_str(), |(k, _)| k)
+            .trim();
         if !(key.starts_with("eval.") || key.starts_with("data.")) {
-            bail!("--set {item}: only eval.* and data.* keys can change here (the encoder is the run's)");
+            bail!(
+                "--set {item}: only eval.* and data.* keys can change here (the encoder is the run's)"
+            );
         }
         overrides.push(item.clone());
     }

@@ -64,6 +64,9 @@ pub fn run(args: ExportArgs) -> Result<()> {
         ),
         _ => {}
     }
-    println!("check it in PyTorch: python scripts/torchvision_check.py --weights {}", args.out.display());
+    println!(
+        "check it in PyTorch: python scripts/torchvision_check.py --weights {}",
+        args.out.display()
+    );
     Ok(())
 }

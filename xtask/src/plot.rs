@@ -46,10 +46,15 @@ pub struct PreviewArgs {
 }
 
 pub fn preview(args: PreviewArgs) -> Result<()> {
-    let (config, config_path) = crate::load_config(args.config.as_ref(), &args.set, args.data.as_ref())?;
+    let (config, config_path) =
+        crate::load_config(args.config.as_ref(), &args.set, args.data.as_ref())?;
     let split = config.data.pretrain_split;
-    let dataset = byol_train::run::open_split(&config, split, 0)
-        .with_context(|| format!("opening the {split:?} split of {}", config.data.path.display()))?;
+    let dataset = byol_train::run::open_split(&config, split, 0).with_context(|| {
+        format!(
+            "opening the {split:?} split of {}",
+            config.data.path.display()
+        )
+    })?;
     let grid = preview_grid(
         &config,
         &*dataset,

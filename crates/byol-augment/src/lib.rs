@@ -533,7 +533,10 @@ mod tests {
             assert_eq!(rgb, expected, "{c} channels");
         }
         // values beyond the pixel range are clamped
-        assert_eq!(to_rgb8(&[-9.0, 9.0], 1, &[0.5], &[0.5]), vec![0, 0, 0, 255, 255, 255]);
+        assert_eq!(
+            to_rgb8(&[-9.0, 9.0], 1, &[0.5], &[0.5]),
+            vec![0, 0, 0, 255, 255, 255]
+        );
     }
 
     #[test]

@@ -179,9 +179,10 @@ impl EmbeddingWriter {
     /// [`EvalError::Output`] on a write failure or when `values` is not a
     /// whole number of rows or holds more rows than announced.
     pub fn write_rows(&mut self, values: &[f32]) -> Result<(), EvalError> {
-        let rows = if self.dim == 0 { 0 } else { values.len() / self.dim };
+        // `dim == 0` takes only empty rows
+        let rows = values.len().checked_div(self.dim).unwrap_or(0);
         if (self.dim == 0 && !values.is_empty())
-            || (self.dim > 0 && values.len() % self.dim != 0)
+            || (self.dim > 0 && !values.len().is_multiple_of(self.dim))
             || self.written + rows > self.names.len()
         {
             return Err(output_err(
@@ -296,7 +297,10 @@ mod tests {
             let len = u16::from_le_bytes([h[8], h[9]]) as usize;
             assert_eq!(10 + len, h.len());
             let text = std::str::from_utf8(&h[10..]).expect("ascii");
-            assert!(text.contains(&format!("'shape': ({rows}, {dim})")), "{text}");
+            assert!(
+                text.contains(&format!("'shape': ({rows}, {dim})")),
+                "{text}"
+            );
             assert!(text.ends_with('\n'));
         }
     }
@@ -378,6 +382,10 @@ mod tests {
         let err = w.finish().expect_err("one row of two");
         assert!(err.to_string().contains("1 rows written of the 2"), "{err}");
         assert!(!path.exists(), "no file under the requested name");
-        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0, "no stray file");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("dir").count(),
+            0,
+            "no stray file"
+        );
     }
 }

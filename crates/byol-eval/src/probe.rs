@@ -216,12 +216,7 @@ pub fn linear_probe<B: AutodiffBackend>(
             "the linear probe needs at least one training image".into(),
         ));
     }
-    let classes = *train_labels
-        .iter()
-        .chain(test_labels)
-        .max()
-        .unwrap_or(&0) as usize
-        + 1;
+    let classes = *train_labels.iter().chain(test_labels).max().unwrap_or(&0) as usize + 1;
     let device = train.device();
     let (mean, std) = standardizer(&train);
     let train = (train - mean.clone()) / std.clone();
@@ -366,8 +361,16 @@ mod tests {
             batch_size: 32,
             ..ProbeConfig::default()
         };
-        linear_probe::<A>(train, &train_labels, test, &test_labels, &config, 0, &|_, _| {})
-            .expect("valid inputs")
+        linear_probe::<A>(
+            train,
+            &train_labels,
+            test,
+            &test_labels,
+            &config,
+            0,
+            &|_, _| {},
+        )
+        .expect("valid inputs")
     }
 
     #[test]
@@ -391,7 +394,8 @@ mod tests {
 
     #[test]
     fn standardizer_centres_and_scales_and_leaves_constant_dims_alone() {
-        let x = Tensor::<B, 2>::from_floats([[1.0, 5.0, 3.0], [3.0, 5.0, -3.0]], &Default::default());
+        let x =
+            Tensor::<B, 2>::from_floats([[1.0, 5.0, 3.0], [3.0, 5.0, -3.0]], &Default::default());
         let (mean, std) = standardizer(&x);
         let mean: Vec<f32> = mean.into_data().to_vec().expect("f32");
         let std: Vec<f32> = std.into_data().to_vec().expect("f32");

@@ -89,7 +89,9 @@ pub enum ModelError {
         message: String,
     },
     /// The weights lack a tensor the encoder needs.
-    #[error("{path}: no tensor `{key}`, which the encoder needs (is it a torchvision ResNet state dict of the same architecture?)")]
+    #[error(
+        "{path}: no tensor `{key}`, which the encoder needs (is it a torchvision ResNet state dict of the same architecture?)"
+    )]
     MissingTensor {
         /// The file.
         path: String,

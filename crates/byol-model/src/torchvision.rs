@@ -31,10 +31,10 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
+use crate::ModelError;
 use crate::block::Block;
 use crate::norm::Norm;
 use crate::resnet::ResNet;
-use crate::ModelError;
 
 /// The values of one exported tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,7 +109,7 @@ fn norm_name<B: Backend>(norm: &Norm<B>) -> &'static str {
     }
 }
 
-fn batch_norm_of<'a, B: Backend>(norm: &'a mut Norm<B>) -> Result<&'a mut BatchNorm<B>, ModelError> {
+fn batch_norm_of<B: Backend>(norm: &mut Norm<B>) -> Result<&mut BatchNorm<B>, ModelError> {
     match norm {
         Norm::Batch(bn) => Ok(bn),
         other => Err(ModelError::UnsupportedNorm {
@@ -250,8 +250,12 @@ pub fn save_torchvision<B: Backend>(encoder: &ResNet<B>, path: &Path) -> Result<
         .into_iter()
         .map(|t| {
             let (dtype, data) = match t.values {
-                TensorValues::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                TensorValues::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                TensorValues::F32(v) => {
+                    (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+                TensorValues::I64(v) => {
+                    (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
             };
             (t.name, dtype, t.shape, data)
         })
@@ -374,15 +378,27 @@ pub fn apply_torchvision_state<B: Backend>(
     walk(&mut net, &mut |prefix, layer| {
         match layer {
             Layer::Conv(conv) => {
-                conv.weight = replace(&conv.weight, take(format!("{prefix}.weight"), conv.weight.dims().to_vec())?, device);
+                conv.weight = replace(
+                    &conv.weight,
+                    take(format!("{prefix}.weight"), conv.weight.dims().to_vec())?,
+                    device,
+                );
                 if let Some(bias) = &mut conv.bias {
-                    *bias = replace(bias, take(format!("{prefix}.bias"), bias.dims().to_vec())?, device);
+                    *bias = replace(
+                        bias,
+                        take(format!("{prefix}.bias"), bias.dims().to_vec())?,
+                        device,
+                    );
                 }
             }
             Layer::Norm(norm) => {
                 let bn = batch_norm_of(norm)?;
                 let c = bn.gamma.dims().to_vec();
-                bn.gamma = replace(&bn.gamma, take(format!("{prefix}.weight"), c.clone())?, device);
+                bn.gamma = replace(
+                    &bn.gamma,
+                    take(format!("{prefix}.weight"), c.clone())?,
+                    device,
+                );
                 bn.beta = replace(&bn.beta, take(format!("{prefix}.bias"), c.clone())?, device);
                 let mean = take(format!("{prefix}.running_mean"), c.clone())?;
                 let var = take(format!("{prefix}.running_var"), c)?;
@@ -441,15 +457,18 @@ pub fn load_torchvision<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resnet::{ResNetConfig, Stem};
     use crate::NormKind;
+    use crate::resnet::{ResNetConfig, Stem};
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::Distribution;
 
     type B = Flex;
 
     fn shapes(state: &[NamedTensor]) -> Vec<(String, Vec<usize>)> {
-        state.iter().map(|t| (t.name.clone(), t.shape.clone())).collect()
+        state
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect()
     }
 
     /// The state dict of `net` with every float tensor replaced by random
@@ -458,7 +477,9 @@ mod tests {
     fn randomized(net: &ResNet<B>, seed: u64) -> BTreeMap<String, NamedTensor> {
         let mut s = seed;
         let mut next = move || {
-            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
         torchvision_state_dict(net)
@@ -497,7 +518,11 @@ mod tests {
         assert_eq!(get("layer2.0.downsample.0.weight"), vec![128, 64, 1, 1]);
         assert_eq!(get("layer2.0.downsample.1.bias"), vec![128]);
         assert_eq!(get("layer4.1.bn2.weight"), vec![512]);
-        assert!(!state.iter().any(|(n, _)| n.starts_with("layer1.0.downsample")));
+        assert!(
+            !state
+                .iter()
+                .any(|(n, _)| n.starts_with("layer1.0.downsample"))
+        );
         let r50 = ResNetConfig::resnet50().init::<B>(&Default::default());
         let state = shapes(&torchvision_state_dict(&r50).expect("exports"));
         // torchvision resnet50: 320 tensors, 2 of them fc
@@ -511,18 +536,28 @@ mod tests {
         let device = Default::default();
         let cfg = ResNetConfig::small();
         let trained = cfg.init::<B>(&device);
-        let trained = apply_torchvision_state(trained.clone(), &randomized(&trained, 7), "random", &device)
-            .expect("own layout");
+        let trained =
+            apply_torchvision_state(trained.clone(), &randomized(&trained, 7), "random", &device)
+                .expect("own layout");
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("encoder.safetensors");
         save_torchvision(&trained, &path).expect("saved");
         let loaded = load_torchvision(cfg.init::<B>(&device), &path, &device).expect("loaded");
         let x = Tensor::<B, 4>::random([3, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
-        let a: Vec<f32> = trained.forward(x.clone()).into_data().to_vec().expect("f32");
+        let a: Vec<f32> = trained
+            .forward(x.clone())
+            .into_data()
+            .to_vec()
+            .expect("f32");
         let b: Vec<f32> = loaded.forward(x.clone()).into_data().to_vec().expect("f32");
         assert_eq!(a, b);
         // and a fresh encoder is different: the test can fail
-        let c: Vec<f32> = cfg.init::<B>(&device).forward(x).into_data().to_vec().expect("f32");
+        let c: Vec<f32> = cfg
+            .init::<B>(&device)
+            .forward(x)
+            .into_data()
+            .to_vec()
+            .expect("f32");
         assert_ne!(a, c);
         let meta = architecture_metadata(&loaded);
         assert_eq!(meta["stem"], "small");
@@ -549,13 +584,18 @@ mod tests {
         let device = Default::default();
         let r18 = ResNetConfig::resnet18().init::<B>(&device);
         let state = randomized(&r18, 1);
-        let cifar = ResNetConfig::resnet18().with_stem(Stem::Cifar).init::<B>(&device);
+        let cifar = ResNetConfig::resnet18()
+            .with_stem(Stem::Cifar)
+            .init::<B>(&device);
         let err = apply_torchvision_state(cifar, &state, "w.safetensors", &device)
             .expect_err("7×7 stem into a 3×3 one");
         let msg = err.to_string();
         assert!(msg.contains("w.safetensors"), "{msg}");
         assert!(msg.contains("conv1.weight"), "{msg}");
-        assert!(msg.contains("[64, 3, 7, 7]") && msg.contains("[64, 3, 3, 3]"), "{msg}");
+        assert!(
+            msg.contains("[64, 3, 7, 7]") && msg.contains("[64, 3, 3, 3]"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -564,10 +604,16 @@ mod tests {
         let small = ResNetConfig::small().init::<B>(&device);
         let mut state = randomized(&small, 1);
         state.remove("layer2.0.bn1.running_var");
-        let err = apply_torchvision_state(small.clone(), &state, "f", &device).expect_err("missing");
-        assert!(err.to_string().contains("layer2.0.bn1.running_var"), "{err}");
+        let err =
+            apply_torchvision_state(small.clone(), &state, "f", &device).expect_err("missing");
+        assert!(
+            err.to_string().contains("layer2.0.bn1.running_var"),
+            "{err}"
+        );
         // a ResNet-18 state into the small encoder: layer1 shapes differ
-        let r18 = ResNetConfig::resnet18().with_stem(Stem::Small).with_in_channels(1);
+        let r18 = ResNetConfig::resnet18()
+            .with_stem(Stem::Small)
+            .with_in_channels(1);
         let r18 = r18.init::<B>(&device);
         let err = apply_torchvision_state(small.clone(), &randomized(&r18, 2), "f", &device)
             .expect_err("other widths");
@@ -586,7 +632,10 @@ mod tests {
         }
         let err = apply_torchvision_state(small, &state, "f", &device).expect_err("layer4");
         let msg = err.to_string();
-        assert!(msg.contains("layer4.0.conv1.weight") && !msg.contains("fc.weight"), "{msg}");
+        assert!(
+            msg.contains("layer4.0.conv1.weight") && !msg.contains("fc.weight"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -132,7 +132,12 @@ fn torchvision_loads_the_export_and_computes_the_same_features() {
         ResNetConfig::resnet18().with_stem(Stem::Cifar),
         32,
     );
-    check(&python, "resnet18 imagenet stem", ResNetConfig::resnet18(), 64);
+    check(
+        &python,
+        "resnet18 imagenet stem",
+        ResNetConfig::resnet18(),
+        64,
+    );
     check(
         &python,
         "resnet50 imagenet stem, 1 channel",

@@ -73,7 +73,9 @@ fn features<B: Backend>(
     let pb = bar(
         show,
         dataset.len(),
-        &format!("features of {what} [{{bar:30.cyan/blue}}] {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"),
+        &format!(
+            "features of {what} [{{bar:30.cyan/blue}}] {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"
+        ),
     );
     let f = extract_features(
         encoder,

@@ -23,14 +23,14 @@ pub mod run;
 pub mod schedule;
 pub mod trainer;
 
-pub use evaluate::{EmbedSummary, EvalReport, UseOptions, embed, evaluate, evaluate_run};
-pub use run::Run;
 pub use config::{
     DataConfig, EncoderKind, EvalConfig, LrScale, LrSchedule, ModelConfig, OptimizerKind,
     RunConfig, TrainConfig,
 };
+pub use evaluate::{EmbedSummary, EvalReport, UseOptions, embed, evaluate, evaluate_run};
 pub use loss::{byol_loss, regression_loss};
 pub use optim::{ByolOptimizer, OptimizerSettings};
+pub use run::Run;
 pub use schedule::{learning_rate, tau};
 pub use trainer::{
     Optimizers, PretrainOptions, RunSummary, StepOutput, StepSettings, byol_step, pretrain,

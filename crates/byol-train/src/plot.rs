@@ -254,17 +254,18 @@ fn draw_chart(
     for s in series {
         let color = s.color;
         chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                color.stroke_width(2),
+            ))
             .map_err(|x| e(&x))?
             .label(&s.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         if s.dots {
             chart
-                .draw_series(
-                    s.points
-                        .iter()
-                        .map(|&p| Circle::new(p, 4, color.filled())),
-                )
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, color.filled())))
                 .map_err(|x| e(&x))?;
         }
     }
@@ -338,10 +339,19 @@ fn chart_png(
     img.save_png(path)
 }
 
-fn step_series(m: &Metrics, label: &str, color: RGBColor, f: fn(&StepPoint) -> Option<f64>) -> Series {
+fn step_series(
+    m: &Metrics,
+    label: &str,
+    color: RGBColor,
+    f: fn(&StepPoint) -> Option<f64>,
+) -> Series {
     Series {
         label: label.into(),
-        points: m.steps.iter().filter_map(|s| Some((s.step, f(s)?))).collect(),
+        points: m
+            .steps
+            .iter()
+            .filter_map(|s| Some((s.step, f(s)?)))
+            .collect(),
         color,
         dots: m.steps.len() < 3,
     }
@@ -380,7 +390,14 @@ pub fn plot_metrics(metrics: &Metrics, out_dir: &Path) -> Result<Vec<PathBuf>, T
             dots: true,
         });
     }
-    chart_png(&path, "BYOL loss", &x_steps, "loss (2 - 2 cos, both view orders)", &loss, &[])?;
+    chart_png(
+        &path,
+        "BYOL loss",
+        &x_steps,
+        "loss (2 - 2 cos, both view orders)",
+        &loss,
+        &[],
+    )?;
     written.push(path);
 
     let trained: Vec<&KnnPoint> = metrics.knn.iter().filter(|k| k.model == "epoch").collect();
@@ -390,39 +407,80 @@ pub fn plot_metrics(metrics: &Metrics, out_dir: &Path) -> Result<Vec<PathBuf>, T
         let series = vec![
             Series {
                 label: "BYOL encoder, top-1".into(),
-                points: trained.iter().filter_map(|k| Some((k.epoch, pct(k.top1)?))).collect(),
+                points: trained
+                    .iter()
+                    .filter_map(|k| Some((k.epoch, pct(k.top1)?)))
+                    .collect(),
                 color: BLUE,
                 dots: true,
             },
             Series {
                 label: "BYOL encoder, top-5".into(),
-                points: trained.iter().filter_map(|k| Some((k.epoch, pct(k.top5)?))).collect(),
+                points: trained
+                    .iter()
+                    .filter_map(|k| Some((k.epoch, pct(k.top5)?)))
+                    .collect(),
                 color: ORANGE,
                 dots: true,
             },
         ];
-        let levels: Vec<Level> = [("raw_pixels", "raw pixels, top-1", GRAY), ("random_init", "random-init encoder, top-1", PURPLE)]
-            .into_iter()
-            .filter_map(|(model, label, color)| {
-                let k = metrics.knn.iter().find(|k| k.model == model)?;
-                Some(Level {
-                    label: label.into(),
-                    y: pct(k.top1)?,
-                    color,
-                })
+        let levels: Vec<Level> = [
+            ("raw_pixels", "raw pixels, top-1", GRAY),
+            ("random_init", "random-init encoder, top-1", PURPLE),
+        ]
+        .into_iter()
+        .filter_map(|(model, label, color)| {
+            let k = metrics.knn.iter().find(|k| k.model == model)?;
+            Some(Level {
+                label: label.into(),
+                y: pct(k.top1)?,
+                color,
             })
-            .collect();
-        chart_png(&path, "kNN accuracy on the test split", "epoch", "accuracy (%)", &series, &levels)?;
+        })
+        .collect();
+        chart_png(
+            &path,
+            "kNN accuracy on the test split",
+            "epoch",
+            "accuracy (%)",
+            &series,
+            &levels,
+        )?;
         written.push(path);
     }
 
     for (file, title, y, f, color) in [
-        ("tau.png", "target moving-average rate τ", "τ", (|s: &StepPoint| s.tau) as fn(&StepPoint) -> Option<f64>, GREEN),
-        ("lr.png", "learning rate", "learning rate", |s: &StepPoint| s.lr, BLUE),
-        ("z_std.png", "z-std (std of the L2-normalised projections; collapse → 0)", "z-std", |s: &StepPoint| s.z_std, PURPLE),
+        (
+            "tau.png",
+            "target moving-average rate τ",
+            "τ",
+            (|s: &StepPoint| s.tau) as fn(&StepPoint) -> Option<f64>,
+            GREEN,
+        ),
+        (
+            "lr.png",
+            "learning rate",
+            "learning rate",
+            |s: &StepPoint| s.lr,
+            BLUE,
+        ),
+        (
+            "z_std.png",
+            "z-std (std of the L2-normalised projections; collapse → 0)",
+            "z-std",
+            |s: &StepPoint| s.z_std,
+            PURPLE,
+        ),
     ] {
         let path = out_dir.join(file);
-        chart_png(&path, title, &x_steps, y, &[step_series(metrics, y, color, f)], &[])?;
+        chart_png(
+            &path,
+            title,
+            &x_steps,
+            y,
+            &[step_series(metrics, y, color, f)],
+            &[],
+        )?;
         written.push(path);
     }
     Ok(written)
@@ -501,7 +559,13 @@ pub fn preview_grid(
     let mut grid = Rgb8Image::white(width as u32, height as u32);
     let blit = |grid: &mut Rgb8Image, rgb: &[u8], row: usize, col: usize| {
         // one extra gap between the original and the views, and between the views
-        let extra = if col == 0 { 0 } else if col <= options.draws { GAP } else { 2 * GAP };
+        let extra = if col == 0 {
+            0
+        } else if col <= options.draws {
+            GAP
+        } else {
+            2 * GAP
+        };
         let x0 = GAP + col * (cell + GAP) + extra;
         let y0 = HEADER + GAP + row * (cell + GAP);
         for y in 0..cell {
@@ -590,7 +654,10 @@ mod tests {
             .iter()
             .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, ["loss.png", "knn.png", "tau.png", "lr.png", "z_std.png"]);
+        assert_eq!(
+            names,
+            ["loss.png", "knn.png", "tau.png", "lr.png", "z_std.png"]
+        );
         for f in &files {
             let share = ink(f);
             // axes, labels and a line, on a mostly white background
@@ -601,13 +668,18 @@ mod tests {
         let with = ink(&files[2]);
         let mut img = Rgb8Image::white(WIDTH, HEIGHT);
         {
-            let area = BitMapBackend::with_buffer(&mut img.pixels, (WIDTH, HEIGHT)).into_drawing_area();
+            let area =
+                BitMapBackend::with_buffer(&mut img.pixels, (WIDTH, HEIGHT)).into_drawing_area();
             let s = [step_series(&m, "τ", GREEN, |s| s.tau)];
             draw_chart(&area, "", "", "", &s, &[]).expect("drawn");
         }
         let blank = dir.path().join("blank.png");
         img.save_png(&blank).expect("saved");
-        assert!(ink(&blank) < with, "text adds ink: {} vs {with}", ink(&blank));
+        assert!(
+            ink(&blank) < with,
+            "text adds ink: {} vs {with}",
+            ink(&blank)
+        );
     }
 
     #[test]

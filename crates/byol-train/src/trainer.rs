@@ -1054,12 +1054,18 @@ mod tests {
         byol_model::torchvision::save_torchvision(&other, &path).expect("saved");
         let mut config = RunConfig::default();
         config.model.init_from = path;
-        let err = new_model::<A>(&config, 1, &device, init_from(&config).expect("a file"))
-            .err()
-            .expect("small encoder, ResNet-18 weights");
+        let Err(err) = new_model::<A>(&config, 1, &device, init_from(&config).expect("a file"))
+        else {
+            panic!("ResNet-18 weights should not load into the small encoder");
+        };
         let msg = err.to_string();
         assert!(msg.starts_with("model.init_from"), "{msg}");
-        assert!(msg.contains("conv1.weight") && msg.contains("[64, 1, 3, 3]") && msg.contains("[32, 1, 3, 3]"), "{msg}");
+        assert!(
+            msg.contains("conv1.weight")
+                && msg.contains("[64, 1, 3, 3]")
+                && msg.contains("[32, 1, 3, 3]"),
+            "{msg}"
+        );
         config.model.init_from = dir.path().join("missing.safetensors");
         let err = init_from(&config).expect_err("no such file");
         assert!(err.to_string().contains("model.init_from"), "{err}");
