@@ -98,17 +98,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
         report.test_images,
         report.data.display()
     );
+    let knn = format!(
+        "kNN (k = {}, T = {})",
+        report.knn_config.k, report.knn_config.temperature
+    );
     println!(
-        "  kNN (k = {}, T = {})        top-1 {:6.2}%  top-5 {:6.2}%",
-        report.knn_config.k,
-        report.knn_config.temperature,
+        "  {knn:<32} top-1 {:6.2}%  top-5 {:6.2}%",
         100.0 * report.knn.top1,
         100.0 * report.knn.top5
     );
     let p = &report.probe_config;
     let name = format!("linear probe ({:?}, {} epochs)", p.optimizer, p.epochs).to_lowercase();
     println!(
-        "  {name:<28}top-1 {:6.2}%  top-5 {:6.2}%  (train top-1 {:.2}%)",
+        "  {name:<32} top-1 {:6.2}%  top-5 {:6.2}%  (train top-1 {:.2}%)",
         100.0 * report.probe.top1,
         100.0 * report.probe.top5,
         100.0 * report.probe.train_top1

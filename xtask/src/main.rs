@@ -175,6 +175,8 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
     };
     if summary.knn_raw_pixels.is_some() {
         println!("kNN top-1 on the test split (k = {}):", config.eval.knn.k);
+    } else if !config.eval.monitor {
+        println!("kNN: off (eval.monitor = false)");
     } else {
         println!("kNN: n/a (the data has no labelled train and test splits)");
     }

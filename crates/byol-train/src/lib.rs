@@ -68,9 +68,11 @@ pub enum TrainError {
     /// The model rejected its config.
     #[error(transparent)]
     Model(#[from] byol_model::ModelError),
-    /// `model.init_from` cannot be loaded into the encoder.
+    /// `model.init_from` cannot be loaded into the encoder. The message
+    /// holds the model error's (which names the file), so it is not also
+    /// given as the source: a chain printed by anyhow would repeat it.
     #[error("model.init_from: {0}")]
-    InitFrom(#[source] byol_model::ModelError),
+    InitFrom(byol_model::ModelError),
     /// Evaluation failed.
     #[error(transparent)]
     Eval(#[from] byol_eval::EvalError),
