@@ -135,6 +135,15 @@ fn floats<B: Backend, const D: usize>(
     })
 }
 
+/// Initialises every lazily initialised parameter it visits.
+struct Materialise;
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
+}
+
 /// The encoder's tensors under torchvision's names and shapes, in
 /// torchvision's `state_dict` order (without `fc`).
 ///
@@ -147,7 +156,10 @@ pub fn torchvision_state_dict<B: Backend>(
     encoder: &ResNet<B>,
 ) -> Result<Vec<NamedTensor>, ModelError> {
     // the walk takes `&mut` for the import; a clone shares the tensors and
-    // is only read here
+    // is only read here. burn initialises parameters lazily and the clone
+    // of a parameter not yet used would draw its own values: materialise
+    // the encoder's own first
+    encoder.visit(&mut Materialise);
     let mut net = encoder.clone();
     let mut out = Vec::new();
     walk(&mut net, &mut |prefix, layer| {
@@ -563,6 +575,22 @@ mod tests {
         assert_eq!(meta["stem"], "small");
         assert_eq!(meta["widths"], "32,64,128");
         assert_eq!(meta["blocks"], "1,1,1");
+    }
+
+    #[test]
+    fn export_of_a_fresh_encoder_holds_the_weights_it_computes_with() {
+        let device = Default::default();
+        let cfg = ResNetConfig::small();
+        // never run before the export: its parameters are still lazy
+        let fresh = cfg.init::<B>(&device);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fresh.safetensors");
+        save_torchvision(&fresh, &path).expect("saved");
+        let loaded = load_torchvision(cfg.init::<B>(&device), &path, &device).expect("loaded");
+        let x = Tensor::<B, 4>::random([2, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+        let a: Vec<f32> = fresh.forward(x.clone()).into_data().to_vec().expect("f32");
+        let b: Vec<f32> = loaded.forward(x).into_data().to_vec().expect("f32");
+        assert_eq!(a, b);
     }
 
     #[test]

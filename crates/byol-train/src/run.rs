@@ -186,14 +186,28 @@ mod tests {
             .model
             .encoder_config(3)
             .init::<Flex>(&device);
-        crate::checkpoint::save_module::<Flex, _>(saved.clone(), &dir.path().join(ENCODER_FILE))
+        // features first, then the module itself is saved: burn initialises
+        // parameters lazily, and a clone of a module not yet used draws its
+        // own random weights
+        let x = Tensor::<Flex, 4>::ones([1, 3, 28, 28], &device);
+        let a: Vec<f32> = saved.forward(x.clone()).into_data().to_vec().expect("f32");
+        crate::checkpoint::save_module::<Flex, _>(saved, &dir.path().join(ENCODER_FILE))
             .expect("saved");
         let run = Run::open(dir.path()).expect("run");
         let loaded = run.load_encoder::<Flex>(&device).expect("loads");
         assert_eq!(encoder_channels(&loaded), 3);
-        let x = Tensor::<Flex, 4>::ones([1, 3, 28, 28], &device);
-        let a: Vec<f32> = saved.forward(x.clone()).into_data().to_vec().expect("f32");
         let b: Vec<f32> = loaded.forward(x).into_data().to_vec().expect("f32");
         assert_eq!(a, b);
+        // and a fresh encoder differs: the comparison can fail
+        let fresh = RunConfig::default()
+            .model
+            .encoder_config(3)
+            .init::<Flex>(&device);
+        let c: Vec<f32> = fresh
+            .forward(Tensor::ones([1, 3, 28, 28], &device))
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        assert_ne!(a, c);
     }
 }
