@@ -9,6 +9,10 @@ use tracing_subscriber::EnvFilter;
 
 mod backend;
 mod bench;
+mod embed;
+mod eval;
+mod export;
+mod plot;
 
 /// Self-supervised pretraining of image encoders with BYOL.
 #[derive(Parser, Debug)]
@@ -22,6 +26,16 @@ struct Cli {
 enum Command {
     /// Pretrain an encoder with BYOL, then report kNN accuracy.
     Pretrain(PretrainArgs),
+    /// kNN and linear-probe accuracy of a run's encoder; writes RUN_DIR/eval.json.
+    Eval(eval::EvalArgs),
+    /// One vector per image of a split, to .npy, .safetensors or .csv.
+    Embed(embed::EmbedArgs),
+    /// The encoder as safetensors with torchvision's keys, for PyTorch.
+    Export(export::ExportArgs),
+    /// PNG charts of a run's metrics (loss, kNN, τ, learning rate, z-std).
+    Plot(plot::PlotArgs),
+    /// A PNG grid of images and their augmented views.
+    Preview(plot::PreviewArgs),
     /// Benchmarks (figures go in docs/results.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +79,11 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Pretrain(args) => pretrain(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Embed(args) => embed::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Plot(args) => plot::plot(args),
+        Command::Preview(args) => plot::preview(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
@@ -90,23 +109,37 @@ impl backend::Task for Pretrain<'_> {
     }
 }
 
-fn pretrain(args: PretrainArgs) -> Result<()> {
-    let config_path = match (&args.config, &args.resume) {
-        (Some(path), _) => path.clone(),
-        (None, Some(run)) => run.join("config.toml"),
-        (None, None) => PathBuf::from("configs/default.toml"),
-    };
+/// A run config: `path` (default `configs/default.toml`), then the
+/// `--set` overrides, then `--data`. Returns it with the file it came from.
+fn load_config(
+    path: Option<&PathBuf>,
+    set: &[String],
+    data: Option<&PathBuf>,
+) -> Result<(byol_train::RunConfig, PathBuf)> {
+    let config_path = path
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("configs/default.toml"));
     if !config_path.is_file() {
         bail!("config file {} not found", config_path.display());
     }
-    let mut overrides = args.set.clone();
-    if let Some(data) = &args.data {
+    let mut overrides = set.to_vec();
+    if let Some(data) = data {
         overrides.push(format!(
             "data.path={}",
             toml::Value::String(data.display().to_string())
         ));
     }
     let config = byol_train::RunConfig::load(Some(&config_path), &overrides)?;
+    Ok((config, config_path))
+}
+
+fn pretrain(args: PretrainArgs) -> Result<()> {
+    let config_path = match (&args.config, &args.resume) {
+        (Some(path), _) => path.clone(),
+        (None, Some(run)) => run.join("config.toml"),
+        (None, None) => PathBuf::from("configs/default.toml"),
+    };
+    let (config, config_path) = load_config(Some(&config_path), &args.set, args.data.as_ref())?;
     let out = match (&args.resume, &args.out) {
         (Some(run), _) => run.clone(),
         (None, Some(out)) => out.clone(),
@@ -142,6 +175,8 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
     };
     if summary.knn_raw_pixels.is_some() {
         println!("kNN top-1 on the test split (k = {}):", config.eval.knn.k);
+    } else if !config.eval.monitor {
+        println!("kNN: off (eval.monitor = false)");
     } else {
         println!("kNN: n/a (the data has no labelled train and test splits)");
     }
@@ -159,5 +194,16 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         summary.final_loss,
         out.display()
     );
+    // the run is finished and saved: a chart that cannot be drawn only warns
+    match byol_train::plot::plot_run(&out) {
+        Ok(files) => println!(
+            "charts: {}",
+            files
+                .first()
+                .and_then(|f| f.parent())
+                .map_or_else(String::new, |d| d.display().to_string())
+        ),
+        Err(e) => tracing::warn!("could not plot the run's metrics: {e}"),
+    }
     Ok(())
 }

@@ -204,6 +204,50 @@ fn normalise(data: &mut [f32], channels: usize, mean: &[f32], std: &[f32]) {
     }
 }
 
+/// Back to pixels: a normalised `[channels, size, size]` image (a view or
+/// the evaluation transform's output) as `size × size` RGB bytes in HWC
+/// order, `x · std[c] + mean[c]` clamped to [0, 1] and rounded to 0..=255;
+/// a single channel is repeated into gray. For looking at the views.
+///
+/// # Panics
+///
+/// When `channels` is neither 1 nor 3, `values` is not `channels` square
+/// planes, or `mean`/`std` hold neither 1 nor `channels` values.
+pub fn to_rgb8(values: &[f32], channels: usize, mean: &[f32], std: &[f32]) -> Vec<u8> {
+    assert!(
+        channels == 1 || channels == 3,
+        "images should have 1 or 3 channels"
+    );
+    let plane = values.len() / channels;
+    assert_eq!(
+        plane * channels,
+        values.len(),
+        "values should be whole planes"
+    );
+    for list in [mean, std] {
+        assert!(
+            list.len() == 1 || list.len() == channels,
+            "mean and std should hold 1 value or one per channel"
+        );
+    }
+    let byte = |c: usize, i: usize| {
+        let m = mean[if mean.len() == 1 { 0 } else { c }];
+        let s = std[if std.len() == 1 { 0 } else { c }];
+        ((values[c * plane + i] * s + m).clamp(0.0, 1.0) * 255.0).round() as u8
+    };
+    (0..plane)
+        .flat_map(|i| {
+            let (r, g, b) = if channels == 1 {
+                let v = byte(0, i);
+                (v, v, v)
+            } else {
+                (byte(0, i), byte(1, i), byte(2, i))
+            };
+            [r, g, b]
+        })
+        .collect()
+}
+
 /// splitmix64's output function of `x`: a bijection of `u64` that spreads
 /// nearby inputs apart.
 fn splitmix64(x: u64) -> u64 {
@@ -471,6 +515,28 @@ mod tests {
         (0..c)
             .flat_map(|ch| unit(p).into_iter().skip(ch).step_by(c))
             .collect()
+    }
+
+    #[test]
+    fn to_rgb8_undoes_the_evaluation_transform() {
+        for c in [1, 3] {
+            let p = pattern(28, 28, c);
+            let (mean, std) = ([0.3, 0.4, 0.5], [0.2, 0.25, 0.3]);
+            let t = ev(28, 0, &mean[..c], &std[..c]);
+            let normalised = t.batch(&[img(&p, 28, 28, c)]);
+            let rgb = to_rgb8(&normalised, c, &mean[..c], &std[..c]);
+            let expected: Vec<u8> = if c == 3 {
+                p.clone()
+            } else {
+                p.iter().flat_map(|&v| [v, v, v]).collect()
+            };
+            assert_eq!(rgb, expected, "{c} channels");
+        }
+        // values beyond the pixel range are clamped
+        assert_eq!(
+            to_rgb8(&[-9.0, 9.0], 1, &[0.5], &[0.5]),
+            vec![0, 0, 0, 255, 255, 255]
+        );
     }
 
     #[test]

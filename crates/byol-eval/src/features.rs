@@ -40,7 +40,7 @@ fn transformed_batches<T>(
     transform: &EvalTransform,
     batch_size: usize,
     progress: &dyn Fn(usize),
-    mut per_batch: impl FnMut(Vec<f32>, usize) -> T,
+    mut per_batch: impl FnMut(Vec<f32>, usize) -> Result<T, EvalError>,
 ) -> Result<Vec<T>, EvalError> {
     if batch_size == 0 {
         return Err(EvalError::InvalidConfig {
@@ -59,7 +59,7 @@ fn transformed_batches<T>(
             .map(|i| dataset.image(i))
             .collect::<Result<_, _>>()?;
         let refs: Vec<_> = images.iter().map(Image::as_ref).collect();
-        out.push(per_batch(transform.batch(&refs), end - start));
+        out.push(per_batch(transform.batch(&refs), end - start)?);
         progress(end);
         start = end;
     }
@@ -96,13 +96,56 @@ pub fn extract_features<B: Backend, E: Encoder<B>>(
         progress,
         |pixels, n| {
             let x = Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([n, c, s, s]);
-            encoder.encode(x)
+            Ok(encoder.encode(x))
         },
     )?;
     if chunks.is_empty() {
         return Ok(Tensor::zeros([0, encoder.output_dim()], device));
     }
     Ok(Tensor::cat(chunks, 0))
+}
+
+/// Encodes the first `limit` images of `dataset` (`limit` 0: all) as
+/// [`extract_features`] does, but hands each batch's features to
+/// `per_batch(first_index, values)` as they come, row-major
+/// `[rows, encoder.output_dim()]` on the host, so that datasets larger than
+/// the device's memory can be written out. The images done so far are
+/// `first_index + values.len() / output_dim` (for a progress report).
+///
+/// # Errors
+///
+/// As [`extract_features`], and whatever `per_batch` returns.
+pub fn for_each_feature_batch<B: Backend, E: Encoder<B>>(
+    encoder: &E,
+    dataset: &dyn Dataset,
+    limit: usize,
+    transform: &EvalTransform,
+    batch_size: usize,
+    device: &B::Device,
+    per_batch: &mut dyn FnMut(usize, Vec<f32>) -> Result<(), EvalError>,
+) -> Result<(), EvalError> {
+    let (c, s) = (dataset.channels(), transform.size);
+    let mut start = 0;
+    transformed_batches(
+        dataset,
+        limit,
+        transform,
+        batch_size,
+        &|_| {},
+        |pixels, n| {
+            let x = Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([n, c, s, s]);
+            let values: Vec<f32> = encoder
+                .encode(x)
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .map_err(|e| EvalError::Data(format!("{e:?}")))?;
+            per_batch(start, values)?;
+            start += n;
+            Ok(())
+        },
+    )?;
+    Ok(())
 }
 
 /// Raw pixels in [0, 1] after the geometric part of `transform` (resize and
@@ -126,7 +169,7 @@ pub fn pixel_features<B: Backend>(
     };
     let d = dataset.channels() * plain.size * plain.size;
     let chunks = transformed_batches(dataset, limit, &plain, batch_size, &|_| {}, |pixels, n| {
-        Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([n, d])
+        Ok(Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([n, d]))
     })?;
     if chunks.is_empty() {
         return Ok(Tensor::zeros([0, d], device));

@@ -28,6 +28,7 @@ mod byol;
 mod head;
 mod norm;
 mod resnet;
+pub mod torchvision;
 
 pub use block::{BasicBlock, Block, Bottleneck, Downsample, NormSpec};
 pub use byol::{Byol, ByolOutput, ForwardOptions, HeadsConfig, OnlineNetwork, TargetNetwork};
@@ -63,4 +64,71 @@ pub enum ModelError {
         /// What is accepted.
         expected: String,
     },
+    /// The encoder's normalisation has no torchvision layout.
+    #[error(
+        "only encoders with BatchNorm (model.norm = \"batch\") have torchvision's layout; this one has norm = \"{norm}\""
+    )]
+    UnsupportedNorm {
+        /// The encoder's normalisation.
+        norm: &'static str,
+    },
+    /// A weights file cannot be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A file is not valid safetensors.
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Safetensors {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// The weights lack a tensor the encoder needs.
+    #[error(
+        "{path}: no tensor `{key}`, which the encoder needs (is it a torchvision ResNet state dict of the same architecture?)"
+    )]
+    MissingTensor {
+        /// The file.
+        path: String,
+        /// torchvision's key.
+        key: String,
+    },
+    /// A tensor's shape differs from the encoder's.
+    #[error("{path}: `{key}` has shape {file:?} in the file but the encoder expects {model:?}")]
+    ShapeMismatch {
+        /// The file.
+        path: String,
+        /// torchvision's key.
+        key: String,
+        /// Shape in the file.
+        file: Vec<usize>,
+        /// Shape the encoder has.
+        model: Vec<usize>,
+    },
+    /// The weights hold tensors that match no layer of the encoder.
+    #[error("{path}: tensors that match no layer of the encoder (another architecture?): {}", keys.join(", "))]
+    UnexpectedTensors {
+        /// The file.
+        path: String,
+        /// The keys, sorted.
+        keys: Vec<String>,
+    },
+    /// A tensor has a data type that cannot be loaded.
+    #[error("{path}: `{key}` has dtype {dtype}; weights must be F32 or F64")]
+    Dtype {
+        /// The file.
+        path: String,
+        /// The key.
+        key: String,
+        /// Its dtype.
+        dtype: String,
+    },
+    /// Reading tensor data back from the device failed.
+    #[error("reading weights from the device: {0}")]
+    Data(String),
 }

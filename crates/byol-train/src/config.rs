@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use byol_augment::AugmentConfig;
 use byol_data::{Cifar100Labels, Format, OnCorrupt, Split};
-use byol_eval::KnnConfig;
+use byol_eval::{KnnConfig, ProbeConfig};
 use byol_model::{HeadsConfig, NormKind, ResNetConfig, Stem};
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +109,10 @@ pub struct ModelConfig {
     pub predictor_hidden: usize,
     /// BatchNorm in the hidden layer of projector and predictor.
     pub head_batchnorm: bool,
+    /// Start pretraining from these encoder weights: a safetensors file
+    /// with torchvision's keys (an export of `cargo xtask export`, or a
+    /// torchvision ResNet's `state_dict`). Empty = fresh weights.
+    pub init_from: PathBuf,
 }
 
 impl Default for ModelConfig {
@@ -123,6 +127,7 @@ impl Default for ModelConfig {
             projection_dim: 128,
             predictor_hidden: 512,
             head_batchnorm: true,
+            init_from: PathBuf::new(),
         }
     }
 }
@@ -316,6 +321,8 @@ pub struct EvalConfig {
     pub batch_size: usize,
     /// Run the kNN monitor every N epochs (and always after the last).
     pub every_epochs: usize,
+    /// The linear probe of `cargo xtask eval`.
+    pub probe: ProbeConfig,
 }
 
 impl Default for EvalConfig {
@@ -325,6 +332,7 @@ impl Default for EvalConfig {
             knn: KnnConfig::default(),
             batch_size: 256,
             every_epochs: 1,
+            probe: ProbeConfig::default(),
         }
     }
 }
@@ -491,6 +499,7 @@ impl RunConfig {
             return Err(invalid("eval.every_epochs", 0, "at least 1"));
         }
         self.eval.knn.validate("eval.knn")?;
+        self.eval.probe.validate("eval.probe")?;
         // channels come from the data; 3 passes every width check
         self.model.encoder_config(3).validate("model")?;
         self.augment.validate("augment")?;
@@ -574,6 +583,23 @@ mod tests {
             err("", &["augment.view1.crop_scale=[0.9, 0.5]"]).contains("augment.view1.crop_scale")
         );
         assert!(err("", &["train.momentum=0.5"]).contains("train.momentum"));
+        assert!(err("", &["eval.probe.epochs=0"]).contains("eval.probe.epochs"));
+        assert!(err("", &["eval.probe.momentum=1.0"]).contains("eval.probe.momentum"));
+        assert!(err("", &["eval.probe.optimizer=adam"]).contains("adam"));
+    }
+
+    #[test]
+    fn probe_and_init_from_keys_parse() {
+        let c = RunConfig::from_toml(
+            "[model]\ninit_from = \"w.safetensors\"\n[eval.probe]\noptimizer = \"lbfgs\"\nepochs = 7\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(c.model.init_from, PathBuf::from("w.safetensors"));
+        assert_eq!(c.eval.probe.optimizer, byol_eval::ProbeOptimizer::Lbfgs);
+        assert_eq!(c.eval.probe.epochs, 7);
+        assert_eq!(c.eval.probe.lr, ProbeConfig::default().lr);
+        assert_eq!(RunConfig::default().model.init_from, PathBuf::new());
     }
 
     #[test]

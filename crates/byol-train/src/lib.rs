@@ -11,11 +11,15 @@ pub mod bench;
 pub mod checkpoint;
 pub mod collapse;
 pub mod config;
+pub mod evaluate;
 pub mod lars;
 pub mod loader;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+#[cfg(feature = "plot")]
+pub mod plot;
+pub mod run;
 pub mod schedule;
 pub mod trainer;
 
@@ -23,8 +27,10 @@ pub use config::{
     DataConfig, EncoderKind, EvalConfig, LrScale, LrSchedule, ModelConfig, OptimizerKind,
     RunConfig, TrainConfig,
 };
+pub use evaluate::{EmbedSummary, EvalReport, UseOptions, embed, evaluate, evaluate_run};
 pub use loss::{byol_loss, regression_loss};
 pub use optim::{ByolOptimizer, OptimizerSettings};
+pub use run::Run;
 pub use schedule::{learning_rate, tau};
 pub use trainer::{
     Optimizers, PretrainOptions, RunSummary, StepOutput, StepSettings, byol_step, pretrain,
@@ -62,6 +68,11 @@ pub enum TrainError {
     /// The model rejected its config.
     #[error(transparent)]
     Model(#[from] byol_model::ModelError),
+    /// `model.init_from` cannot be loaded into the encoder. The message
+    /// holds the model error's (which names the file), so it is not also
+    /// given as the source: a chain printed by anyhow would repeat it.
+    #[error("model.init_from: {0}")]
+    InitFrom(byol_model::ModelError),
     /// Evaluation failed.
     #[error(transparent)]
     Eval(#[from] byol_eval::EvalError),

@@ -375,19 +375,46 @@ fn resume_conflicts(a: &RunConfig, b: &RunConfig) -> Result<Vec<String>, TrainEr
         .collect())
 }
 
+/// The networks of a run, freshly initialised from the seed; with
+/// `init_from`, the online encoder then takes those torchvision-keyed
+/// weights, before `Byol::new` copies it into the target.
 fn new_model<B: AutodiffBackend>(
     config: &RunConfig,
     channels: usize,
     device: &B::Device,
-) -> Byol<B, ResNet<B>> {
+    init_from: Option<&Path>,
+) -> Result<Byol<B, ResNet<B>>, TrainError> {
     B::seed(device, config.seed);
     let encoder = config.model.encoder_config(channels);
-    Byol::new(
-        encoder.init(device),
-        config.train.use_momentum.then(|| encoder.init(device)),
+    let mut online = encoder.init(device);
+    let target = config.train.use_momentum.then(|| encoder.init(device));
+    if let Some(path) = init_from {
+        online = byol_model::torchvision::load_torchvision(online, path, device)
+            .map_err(TrainError::InitFrom)?;
+        tracing::info!(path = %path.display(), "encoder initialised from model.init_from");
+    }
+    Ok(Byol::new(
+        online,
+        target,
         &config.model.heads_config(),
         device,
-    )
+    ))
+}
+
+/// `model.init_from` when set, checked to be a file.
+fn init_from(config: &RunConfig) -> Result<Option<&Path>, TrainError> {
+    let path = config.model.init_from.as_path();
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    if !path.is_file() {
+        return Err(TrainError::InvalidConfig {
+            key: "model.init_from".into(),
+            value: path.display().to_string(),
+            expected: "an existing safetensors file, or \"\" for fresh weights".into(),
+        });
+    }
+    Ok(Some(path))
 }
 
 /// Runs BYOL pretraining as `config` says, in the run folder `out_dir`:
@@ -431,6 +458,10 @@ pub fn pretrain<B: AutodiffBackend>(
                 .into(),
         });
     }
+    if !options.resume {
+        // checked before the data is scanned
+        init_from(config)?;
+    }
     let data = open_data(config, options.progress)?;
     let train = &data.train;
     let channels = train.channels();
@@ -461,7 +492,7 @@ pub fn pretrain<B: AutodiffBackend>(
         for (step, dir) in list_checkpoints(out_dir) {
             let attempt = read_state(&dir).and_then(|state| {
                 let model = load_module(
-                    new_model::<B>(config, channels, device),
+                    new_model::<B>(config, channels, device, None)?,
                     &dir.join("model.mpk"),
                     device,
                 )?;
@@ -493,7 +524,7 @@ pub fn pretrain<B: AutodiffBackend>(
         create_dir(out_dir)?;
         write_atomic(&config_path, &config.to_toml()?)?;
         let mut metrics = MetricsLog::create(&out_dir.join("metrics.jsonl"))?;
-        let model = new_model::<B>(config, channels, device);
+        let model = new_model::<B>(config, channels, device, init_from(config)?)?;
         let mut state = TrainState {
             step: 0,
             epoch_loss_sum: 0.0,
@@ -959,6 +990,85 @@ mod tests {
         );
         let loss: f32 = out.loss.into_scalar().elem();
         assert!(loss.is_nan());
+    }
+
+    /// The eval-mode features of `encoder` on a fixed batch.
+    fn features<B: Backend>(encoder: &ResNet<B>) -> Vec<f32> {
+        let x = Tensor::<B, 1>::from_floats(
+            (0..2 * 28 * 28)
+                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            &Default::default(),
+        )
+        .reshape([2, 1, 28, 28]);
+        encoder.forward(x).into_data().to_vec().expect("f32")
+    }
+
+    #[test]
+    fn init_from_loads_the_weights_into_online_and_target_encoders() {
+        use byol_model::torchvision::{
+            TensorValues, apply_torchvision_state, save_torchvision, torchvision_state_dict,
+        };
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        // weights of another seed, with running statistics moved off (0, 1)
+        Flex::seed(&device, 99);
+        let source = ResNetConfig::small().init::<Flex>(&device);
+        let mut state = std::collections::BTreeMap::new();
+        for mut t in torchvision_state_dict(&source).expect("batch norm") {
+            if let TensorValues::F32(v) = &mut t.values
+                && t.name.contains("running")
+            {
+                v.iter_mut().for_each(|x| *x += 0.25);
+            }
+            state.insert(t.name.clone(), t);
+        }
+        let source = apply_torchvision_state(source, &state, "test", &device).expect("own layout");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.safetensors");
+        save_torchvision(&source, &path).expect("saved");
+
+        let fresh = new_model::<A>(&RunConfig::default(), 1, &device, None).expect("model");
+        let mut config = RunConfig::default();
+        config.model.init_from = path;
+        let model = new_model::<A>(&config, 1, &device, init_from(&config).expect("a file"))
+            .expect("model");
+        let expected = features(&source);
+        assert_ne!(features(&fresh.online.encoder.valid()), expected);
+        assert_eq!(features(&model.online.encoder.valid()), expected);
+        let target = model.target.as_ref().expect("target");
+        assert_eq!(features(&target.encoder.valid()), expected);
+    }
+
+    #[test]
+    fn init_from_of_another_architecture_names_the_key_and_both_shapes() {
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        let other = ResNetConfig::resnet18()
+            .with_stem(byol_model::Stem::Small)
+            .with_in_channels(1)
+            .init::<Flex>(&device);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r18.safetensors");
+        byol_model::torchvision::save_torchvision(&other, &path).expect("saved");
+        let mut config = RunConfig::default();
+        config.model.init_from = path;
+        let Err(err) = new_model::<A>(&config, 1, &device, init_from(&config).expect("a file"))
+        else {
+            panic!("ResNet-18 weights should not load into the small encoder");
+        };
+        let msg = err.to_string();
+        assert!(msg.starts_with("model.init_from"), "{msg}");
+        assert!(
+            msg.contains("conv1.weight")
+                && msg.contains("[64, 1, 3, 3]")
+                && msg.contains("[32, 1, 3, 3]"),
+            "{msg}"
+        );
+        config.model.init_from = dir.path().join("missing.safetensors");
+        let err = init_from(&config).expect_err("no such file");
+        assert!(err.to_string().contains("model.init_from"), "{err}");
     }
 
     #[test]

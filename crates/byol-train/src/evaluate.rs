@@ -1,0 +1,256 @@
+//! Measuring a trained encoder the standard ways: the weighted kNN of the
+//! pretraining monitor and the linear probe, on the labelled train and
+//! test splits; and writing its embeddings of a split to a file.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use byol_data::{Dataset, Split};
+use byol_eval::{
+    EmbeddingWriter, KnnAccuracy, KnnConfig, ProbeConfig, ProbeResult, extract_features,
+    for_each_feature_batch, knn_classify, labels, linear_probe,
+};
+use byol_model::{Encoder, ResNet};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::checkpoint::write_atomic;
+use crate::run::{Run, check_fits, open_split};
+use crate::{RunConfig, TrainError};
+
+/// The figures of `cargo xtask eval`, as written to `eval.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// Dataset folder.
+    pub data: PathBuf,
+    /// Labelled training images (kNN memory, probe training set).
+    pub train_images: usize,
+    /// Test images (kNN queries, probe test set).
+    pub test_images: usize,
+    /// Length of the encoder's features.
+    pub feature_dim: usize,
+    /// Weighted kNN on the test split.
+    pub knn: KnnAccuracy,
+    /// Its settings.
+    pub knn_config: KnnConfig,
+    /// Linear probe on the test split.
+    pub probe: ProbeResult,
+    /// Its settings.
+    pub probe_config: ProbeConfig,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// How [`evaluate`] and [`embed`] run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UseOptions {
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+fn bar(show: bool, len: usize, template: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    ProgressBar::new(len as u64).with_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    )
+}
+
+/// Features of a whole dataset with a progress bar.
+fn features<B: Backend>(
+    encoder: &ResNet<B>,
+    dataset: &dyn Dataset,
+    config: &RunConfig,
+    device: &B::Device,
+    what: &str,
+    show: bool,
+) -> Result<Tensor<B, 2>, TrainError> {
+    let pb = bar(
+        show,
+        dataset.len(),
+        &format!(
+            "features of {what} [{{bar:30.cyan/blue}}] {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"
+        ),
+    );
+    let f = extract_features(
+        encoder,
+        dataset,
+        0,
+        &config.augment.eval_transform(),
+        config.eval.batch_size,
+        device,
+        &|done| pb.set_position(done as u64),
+    )?;
+    pb.finish_and_clear();
+    Ok(f)
+}
+
+/// kNN and linear-probe accuracy of `encoder` (evaluation mode, on the inner
+/// backend of `B`) on the config's labelled train and test splits, each cut
+/// to `data.train_limit` / `data.test_limit` images as in pretraining. The
+/// probe's classifier trains on `B` as `eval.probe` says, seeded by `seed`.
+///
+/// # Errors
+///
+/// [`TrainError::Data`] / [`TrainError::Eval`] when a split is missing or
+/// unlabelled, [`TrainError::Dataset`] when the images do not fit the
+/// encoder, [`TrainError::Eval`] when the probe fails.
+pub fn evaluate<B: AutodiffBackend>(
+    config: &RunConfig,
+    encoder: &ResNet<B::InnerBackend>,
+    device: &B::Device,
+    options: UseOptions,
+) -> Result<EvalReport, TrainError> {
+    let started = Instant::now();
+    let train = open_split(config, Split::Train, config.data.train_limit)?;
+    let test = open_split(config, Split::Test, config.data.test_limit)?;
+    check_fits(config, encoder, &*train)?;
+    check_fits(config, encoder, &*test)?;
+    let train_labels = labels(&*train, 0)?;
+    let test_labels = labels(&*test, 0)?;
+    let show = options.progress;
+    let train_f = features(encoder, &*train, config, device, "train", show)?;
+    let test_f = features(encoder, &*test, config, device, "test", show)?;
+    let knn = knn_classify(
+        train_f.clone(),
+        &train_labels,
+        test_f.clone(),
+        &test_labels,
+        &config.eval.knn,
+    )?;
+    tracing::info!(
+        "kNN (k = {}): top-1 {:.2}%  top-5 {:.2}%",
+        config.eval.knn.k,
+        100.0 * knn.top1,
+        100.0 * knn.top5
+    );
+    let p = &config.eval.probe;
+    let pb = bar(
+        show,
+        p.epochs,
+        "linear probe [{bar:30.cyan/blue}] epoch {pos}/{len} ETA {eta}",
+    );
+    let probe = linear_probe::<B>(
+        train_f,
+        &train_labels,
+        test_f,
+        &test_labels,
+        p,
+        config.seed,
+        &|done, _| pb.set_position(done as u64),
+    )?;
+    pb.finish_and_clear();
+    tracing::info!(
+        "linear probe ({:?}, {} epochs): top-1 {:.2}%  top-5 {:.2}%  (train top-1 {:.2}%)",
+        p.optimizer,
+        p.epochs,
+        100.0 * probe.top1,
+        100.0 * probe.top5,
+        100.0 * probe.train_top1
+    );
+    Ok(EvalReport {
+        data: config.data.path.clone(),
+        train_images: train.len(),
+        test_images: test.len(),
+        feature_dim: encoder.output_dim(),
+        knn,
+        knn_config: config.eval.knn.clone(),
+        probe,
+        probe_config: p.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// [`evaluate`] of a run's encoder with `config` (the run's, possibly with
+/// other data or eval settings), then `eval.json` written into the run
+/// folder.
+///
+/// # Errors
+///
+/// As [`Run::load_encoder`] and [`evaluate`]; [`TrainError::Output`] when
+/// `eval.json` cannot be written.
+pub fn evaluate_run<B: AutodiffBackend>(
+    run: &Run,
+    config: &RunConfig,
+    device: &B::Device,
+    options: UseOptions,
+) -> Result<EvalReport, TrainError> {
+    let encoder = run.load_encoder::<B::InnerBackend>(device)?;
+    let report = evaluate::<B>(config, &encoder, device, options)?;
+    let path = run.dir.join("eval.json");
+    let json = serde_json::to_string_pretty(&report).map_err(|e| TrainError::Output {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    write_atomic(&path, &json)?;
+    Ok(report)
+}
+
+/// What [`embed`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedSummary {
+    /// Rows (images).
+    pub rows: usize,
+    /// Values per row.
+    pub dim: usize,
+    /// The files written (the embeddings, and the names sidecar of `.npy`).
+    pub files: Vec<PathBuf>,
+}
+
+/// Writes `encoder`'s features of every image of `split` of the config's
+/// data (no `data.*_limit`) to `out`, one row per image in dataset order
+/// with the image's name, in the format of `out`'s extension (see
+/// [`byol_eval::embeddings`]). The encoder should be in evaluation mode
+/// (the inner backend).
+///
+/// # Errors
+///
+/// [`TrainError::Eval`] for an unknown extension or a failed write,
+/// [`TrainError::Data`] when the split cannot be read,
+/// [`TrainError::Dataset`] when its images do not fit the encoder.
+pub fn embed<B: Backend>(
+    config: &RunConfig,
+    encoder: &ResNet<B>,
+    split: Split,
+    out: &Path,
+    device: &B::Device,
+    options: UseOptions,
+) -> Result<EmbedSummary, TrainError> {
+    // an unknown extension fails before any data is read
+    byol_eval::EmbeddingFormat::from_path(out)?;
+    let dataset = open_split(config, split, 0)?;
+    check_fits(config, encoder, &*dataset)?;
+    let n = dataset.len();
+    let dim = encoder.output_dim();
+    let names: Vec<String> = (0..n).map(|i| dataset.name(i)).collect();
+    let mut writer = EmbeddingWriter::create(out, names, dim)?;
+    let pb = bar(
+        options.progress,
+        n,
+        "embedding [{bar:30.cyan/blue}] {pos}/{len} {per_sec} ETA {eta}",
+    );
+    for_each_feature_batch(
+        encoder,
+        &*dataset,
+        0,
+        &config.augment.eval_transform(),
+        config.eval.batch_size,
+        device,
+        &mut |start, values| {
+            pb.set_position((start + values.len() / dim.max(1)) as u64);
+            writer.write_rows(&values)
+        },
+    )?;
+    pb.finish_and_clear();
+    let files = writer.finish()?;
+    Ok(EmbedSummary {
+        rows: n,
+        dim,
+        files,
+    })
+}

@@ -1,0 +1,213 @@
+//! A run folder after pretraining: its resolved config and the encoder it
+//! learned, for evaluation, embeddings and export.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::prelude::*;
+use byol_data::{Dataset, OpenOptions, Split, Subset};
+use byol_model::ResNet;
+
+use crate::checkpoint::load_record;
+use crate::{RunConfig, TrainError};
+
+/// File name of the trained encoder inside a run folder.
+pub const ENCODER_FILE: &str = "encoder.mpk";
+
+/// A run folder written by [`crate::pretrain`]: `config.toml`,
+/// `encoder.mpk`, `metrics.jsonl`, `summary.json`, `checkpoints/`.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Its resolved config (`config.toml`).
+    pub config: RunConfig,
+}
+
+impl Run {
+    /// Reads the run's `config.toml`.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::ConfigFile`] naming the file when it is missing or
+    /// invalid.
+    pub fn open(dir: &Path) -> Result<Self, TrainError> {
+        let path = dir.join("config.toml");
+        if !path.is_file() {
+            return Err(TrainError::ConfigFile {
+                path: path.display().to_string(),
+                message: format!(
+                    "no such file: {} is not a run folder (cargo xtask pretrain --out DIR makes one)",
+                    dir.display()
+                ),
+            });
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config: RunConfig::load(Some(&path), &[])?,
+        })
+    }
+
+    /// Path of the trained encoder's weights.
+    pub fn encoder_path(&self) -> PathBuf {
+        self.dir.join(ENCODER_FILE)
+    }
+
+    /// Path of `metrics.jsonl`.
+    pub fn metrics_path(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+
+    /// Loads the trained encoder (the online encoder at the end of the run)
+    /// onto `device`, as the run's config describes it; the number of input
+    /// channels is read from the weights.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::Checkpoint`] naming `encoder.mpk` when it is missing
+    /// (the run has not finished) or unreadable.
+    pub fn load_encoder<B: Backend>(&self, device: &B::Device) -> Result<ResNet<B>, TrainError> {
+        let path = self.encoder_path();
+        if !path.is_file() {
+            return Err(TrainError::Checkpoint {
+                path,
+                message: "no such file: the run has not finished (its checkpoints hold the networks so far; resume it with `cargo xtask pretrain --resume`)".into(),
+            });
+        }
+        let record: <ResNet<B> as Module<B>>::Record = load_record::<B, _>(&path, device)?;
+        let [_, channels, _, _] = record.conv1.weight.val().dims();
+        let config = self.config.model.encoder_config(channels);
+        config.validate("model")?;
+        let expected = config.output_dim();
+        let encoder = config.init::<B>(device).load_record(record);
+        if encoder.output_dim != expected {
+            return Err(TrainError::Checkpoint {
+                path,
+                message: format!(
+                    "the weights give {} features but the run's config.toml describes an encoder of {expected}",
+                    encoder.output_dim
+                ),
+            });
+        }
+        Ok(encoder)
+    }
+}
+
+/// Input channels of an encoder.
+pub fn encoder_channels<B: Backend>(encoder: &ResNet<B>) -> usize {
+    encoder.conv1.weight.dims()[1]
+}
+
+/// Opens one split of the run's data (`data.path`, `data.format`, ...),
+/// keeping only its first `limit` images when `limit > 0`.
+///
+/// # Errors
+///
+/// [`TrainError::Data`] naming the files when the split cannot be read.
+pub fn open_split(
+    config: &RunConfig,
+    split: Split,
+    limit: usize,
+) -> Result<Arc<dyn Dataset>, TrainError> {
+    let d = &config.data;
+    let options = OpenOptions {
+        on_corrupt: d.on_corrupt,
+        cifar100_labels: d.cifar100_labels,
+        progress: None,
+    };
+    let ds = byol_data::open(&d.path, d.format, split, &options)?;
+    if ds.skipped_count() > 0 {
+        tracing::warn!(
+            "{} unreadable files skipped (data.on_corrupt = \"skip\")",
+            ds.skipped_count()
+        );
+    }
+    Ok(if limit > 0 {
+        Arc::new(Subset::first(ds, limit))
+    } else {
+        Arc::from(ds)
+    })
+}
+
+/// Checks that `dataset` fits `encoder` and the run's transform.
+///
+/// # Errors
+///
+/// [`TrainError::Dataset`] naming the data folder when the channel counts
+/// differ, [`TrainError::Augment`] when `augment.mean`/`std` do not fit.
+pub fn check_fits<B: Backend>(
+    config: &RunConfig,
+    encoder: &ResNet<B>,
+    dataset: &dyn Dataset,
+) -> Result<(), TrainError> {
+    let (want, have) = (encoder_channels(encoder), dataset.channels());
+    if want != have {
+        return Err(TrainError::Dataset(format!(
+            "{}: {have}-channel images, but the encoder was trained on {want}-channel images",
+            config.data.path.display()
+        )));
+    }
+    config.augment.check_channels(have)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn opening_a_folder_without_config_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = Run::open(dir.path()).expect_err("no config.toml");
+        assert!(err.to_string().contains("config.toml"), "{err}");
+    }
+
+    #[test]
+    fn an_unfinished_run_has_no_encoder_and_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("config.toml"), "").expect("write");
+        let run = Run::open(dir.path()).expect("default config");
+        let err = run
+            .load_encoder::<Flex>(&Default::default())
+            .expect_err("no encoder.mpk");
+        assert!(err.to_string().contains("encoder.mpk"), "{err}");
+    }
+
+    #[test]
+    fn the_encoder_loads_with_the_channels_of_its_weights() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("config.toml"), "").expect("write");
+        let device = Default::default();
+        // the default config describes the small encoder; weights of a
+        // 3-channel one
+        let saved = RunConfig::default()
+            .model
+            .encoder_config(3)
+            .init::<Flex>(&device);
+        // features first, then the module itself is saved: burn initialises
+        // parameters lazily, and a clone of a module not yet used draws its
+        // own random weights
+        let x = Tensor::<Flex, 4>::ones([1, 3, 28, 28], &device);
+        let a: Vec<f32> = saved.forward(x.clone()).into_data().to_vec().expect("f32");
+        crate::checkpoint::save_module::<Flex, _>(saved, &dir.path().join(ENCODER_FILE))
+            .expect("saved");
+        let run = Run::open(dir.path()).expect("run");
+        let loaded = run.load_encoder::<Flex>(&device).expect("loads");
+        assert_eq!(encoder_channels(&loaded), 3);
+        let b: Vec<f32> = loaded.forward(x).into_data().to_vec().expect("f32");
+        assert_eq!(a, b);
+        // and a fresh encoder differs: the comparison can fail
+        let fresh = RunConfig::default()
+            .model
+            .encoder_config(3)
+            .init::<Flex>(&device);
+        let c: Vec<f32> = fresh
+            .forward(Tensor::ones([1, 3, 28, 28], &device))
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        assert_ne!(a, c);
+    }
+}

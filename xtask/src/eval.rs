@@ -1,0 +1,124 @@
+//! `cargo xtask eval`: kNN and linear-probe accuracy of a run's encoder.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::AutodiffBackend;
+use byol_train::{EvalReport, Run, RunConfig, UseOptions};
+
+use crate::backend::{self, Task};
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Run folder (from `cargo xtask pretrain --out`).
+    #[arg(long, value_name = "RUN_DIR")]
+    run: PathBuf,
+    /// Evaluate on another dataset folder than the run's `data.path`.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Override an `eval.*` or `data.*` key of the run's config, e.g.
+    /// `--set eval.probe.optimizer=lbfgs` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Device, as for `pretrain`.
+    #[arg(long, default_value = backend::DEFAULT_DEVICE)]
+    device: String,
+    /// Hide the progress bars.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// The run's config with `--set` and `--data` applied; only `eval.*` and
+/// `data.*` may change (the encoder is the run's).
+pub fn run_config(
+    run_dir: &std::path::Path,
+    set: &[String],
+    data: Option<&PathBuf>,
+) -> Result<RunConfig> {
+    let mut overrides = Vec::new();
+    for item in set {
+        let key = item
+            .split_once('=')
+            .map_or(item.as_str(), |(k, _)| k)
+            .trim();
+        if !(key.starts_with("eval.") || key.starts_with("data.")) {
+            bail!(
+                "--set {item}: only eval.* and data.* keys can change here (the encoder is the run's)"
+            );
+        }
+        overrides.push(item.clone());
+    }
+    if let Some(data) = data {
+        overrides.push(format!(
+            "data.path={}",
+            toml::Value::String(data.display().to_string())
+        ));
+    }
+    let path = run_dir.join("config.toml");
+    Ok(RunConfig::load(Some(&path), &overrides)?)
+}
+
+struct Evaluate<'a> {
+    run: &'a Run,
+    config: &'a RunConfig,
+    options: UseOptions,
+}
+
+impl Task for Evaluate<'_> {
+    type Output = EvalReport;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
+        Ok(byol_train::evaluate_run::<B>(
+            self.run,
+            self.config,
+            &device,
+            self.options,
+        )?)
+    }
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let run = Run::open(&args.run)?;
+    let config = run_config(&args.run, &args.set, args.data.as_ref())?;
+    let report = backend::run(
+        &args.device,
+        Evaluate {
+            run: &run,
+            config: &config,
+            options: UseOptions {
+                progress: !args.no_progress,
+            },
+        },
+    )
+    .with_context(|| format!("evaluating {}", args.run.display()))?;
+    println!(
+        "{}: {}-d features, {} training images, {} test images ({})",
+        args.run.display(),
+        report.feature_dim,
+        report.train_images,
+        report.test_images,
+        report.data.display()
+    );
+    let knn = format!(
+        "kNN (k = {}, T = {})",
+        report.knn_config.k, report.knn_config.temperature
+    );
+    println!(
+        "  {knn:<32} top-1 {:6.2}%  top-5 {:6.2}%",
+        100.0 * report.knn.top1,
+        100.0 * report.knn.top5
+    );
+    let p = &report.probe_config;
+    let name = format!("linear probe ({:?}, {} epochs)", p.optimizer, p.epochs).to_lowercase();
+    println!(
+        "  {name:<32} top-1 {:6.2}%  top-5 {:6.2}%  (train top-1 {:.2}%)",
+        100.0 * report.probe.top1,
+        100.0 * report.probe.top5,
+        100.0 * report.probe.train_top1
+    );
+    println!(
+        "{:.0}s; written to {}",
+        report.seconds,
+        args.run.join("eval.json").display()
+    );
+    Ok(())
+}
