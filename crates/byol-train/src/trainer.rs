@@ -874,15 +874,20 @@ mod tests {
         }
     }
 
+    /// The small encoder with 32 → 16 heads, online and target built apart.
+    fn tiny_byol<B: AutodiffBackend>(device: &B::Device) -> Byol<B, ResNet<B>> {
+        let cfg = ResNetConfig::small();
+        Byol::new(
+            cfg.init(device),
+            Some(cfg.init(device)),
+            &HeadsConfig::new(32, 16, 32),
+            device,
+        )
+    }
+
     fn step_changes_weights<B: AutodiffBackend>(size: usize, batch: usize) {
         let device = Default::default();
-        let cfg = ResNetConfig::small();
-        let model: Byol<B, ResNet<B>> = Byol::new(
-            cfg.init(&device),
-            Some(cfg.init(&device)),
-            &HeadsConfig::new(32, 16, 32),
-            &device,
-        );
+        let model = tiny_byol::<B>(&device);
         let mut optim = Optimizers::new(&settings());
         let x1 = Tensor::<B, 4>::random([batch, 1, size, size], Distribution::Default, &device);
         let x2 = Tensor::<B, 4>::random([batch, 1, size, size], Distribution::Default, &device);
@@ -928,13 +933,7 @@ mod tests {
         // lr 0 for encoder and projector: only the predictor moves
         type A = Autodiff<Flex>;
         let device = Default::default();
-        let cfg = ResNetConfig::small();
-        let model: Byol<A, ResNet<A>> = Byol::new(
-            cfg.init(&device),
-            Some(cfg.init(&device)),
-            &HeadsConfig::new(32, 16, 32),
-            &device,
-        );
+        let model = tiny_byol::<A>(&device);
         let pred0: Vec<f32> = model
             .online
             .predictor
@@ -969,13 +968,7 @@ mod tests {
     fn a_poisoned_step_gives_a_nan_loss() {
         type A = Autodiff<Flex>;
         let device = Default::default();
-        let cfg = ResNetConfig::small();
-        let model: Byol<A, ResNet<A>> = Byol::new(
-            cfg.init(&device),
-            Some(cfg.init(&device)),
-            &HeadsConfig::new(32, 16, 32),
-            &device,
-        );
+        let model = tiny_byol::<A>(&device);
         let x = Tensor::<A, 4>::random([4, 1, 28, 28], Distribution::Default, &device);
         let step = StepSettings {
             poison: true,
