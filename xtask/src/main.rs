@@ -50,8 +50,8 @@ struct PretrainArgs {
     /// Override a config key, e.g. `--set train.epochs=2` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Dataset folder (same as `--set data.path=PATH`); the format is
-    /// detected unless `data.format` says otherwise.
+    /// Dataset folder (`--set data.path=PATH`); its format is detected from
+    /// the files, whatever the config file says, unless `--set data.format=...`.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Device: `cpu` for the CPU backends, `cuda` or `cuda:N` with the cuda
@@ -122,13 +122,18 @@ fn load_config(
     if !config_path.is_file() {
         bail!("config file {} not found", config_path.display());
     }
-    let mut overrides = set.to_vec();
+    let mut overrides = Vec::with_capacity(set.len() + 2);
     if let Some(data) = data {
         overrides.push(format!(
             "data.path={}",
             toml::Value::String(data.display().to_string())
         ));
+        // another folder: the config file's format (the default run's
+        // "idx") says nothing about it, so detect it; a `--set
+        // data.format=...` below still wins
+        overrides.push("data.format=auto".to_string());
     }
+    overrides.extend_from_slice(set);
     let config = byol_train::RunConfig::load(Some(&config_path), &overrides)?;
     Ok((config, config_path))
 }
@@ -206,4 +211,30 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         Err(e) => tracing::warn!("could not plot the run's metrics: {e}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use byol_data::Format;
+
+    #[test]
+    fn data_flag_detects_the_format_unless_set_says_otherwise() {
+        let default = PathBuf::from("../configs/default.toml");
+        let (plain, _) = load_config(Some(&default), &[], None).expect("default config");
+        assert_eq!(
+            plain.data.format,
+            Format::Idx,
+            "the default config names its format"
+        );
+
+        let folder = PathBuf::from("/data/photos");
+        let (with_data, _) = load_config(Some(&default), &[], Some(&folder)).expect("config");
+        assert_eq!(with_data.data.format, Format::Auto);
+        assert_eq!(with_data.data.path, folder);
+
+        let set = ["data.format=folder".to_string()];
+        let (explicit, _) = load_config(Some(&default), &set, Some(&folder)).expect("config");
+        assert_eq!(explicit.data.format, Format::Folder);
+    }
 }
