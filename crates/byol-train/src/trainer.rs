@@ -934,15 +934,11 @@ mod tests {
         type A = Autodiff<Flex>;
         let device = Default::default();
         let model = tiny_byol::<A>(&device);
-        let pred0: Vec<f32> = model
-            .online
-            .predictor
-            .linear1
-            .weight
-            .val()
-            .into_data()
-            .to_vec()
-            .expect("f32");
+        let predictor = |m: &Byol<A, ResNet<A>>| -> Vec<f32> {
+            let w = m.online.predictor.linear1.weight.val();
+            w.into_data().to_vec().expect("f32")
+        };
+        let pred0 = predictor(&model);
         let enc0 = weights(&model.online.encoder);
         let x = Tensor::<A, 4>::random([4, 1, 28, 28], Distribution::Default, &device);
         let mut optim = Optimizers::new(&settings());
@@ -951,16 +947,7 @@ mod tests {
             ..StepSettings::simple(0.0, 1.0)
         };
         let (model, _) = byol_step(model, &mut optim, x.clone(), x, &step);
-        let pred1: Vec<f32> = model
-            .online
-            .predictor
-            .linear1
-            .weight
-            .val()
-            .into_data()
-            .to_vec()
-            .expect("f32");
-        assert_ne!(pred0, pred1);
+        assert_ne!(pred0, predictor(&model));
         assert_eq!(enc0, weights(&model.online.encoder));
     }
 
