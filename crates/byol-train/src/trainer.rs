@@ -517,6 +517,25 @@ pub fn pretrain<B: AutodiffBackend>(
                 out_dir.join(crate::checkpoint::CHECKPOINTS).display()
             ))
         })?;
+        let finished = state.step == total_steps && out_dir.join("summary.json").exists();
+        if state.step > total_steps || finished {
+            return Err(TrainError::Resume(format!(
+                "{}: its checkpoint is at step {}, and this config ends at step {total_steps} \
+                 (train.epochs = {} × {steps_per_epoch} steps{}); nothing to train. \
+                 To train further, raise train.epochs (--set train.epochs=N)",
+                out_dir.display(),
+                state.step,
+                t.epochs,
+                if t.max_steps > 0 {
+                    format!(", train.max_steps = {}", t.max_steps)
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        // the resolved config of the run from now on (train.epochs, lr, ...
+        // may have changed): a later plain --resume continues with it
+        write_atomic(&config_path, &config.to_toml()?)?;
         let metrics = MetricsLog::resume(&out_dir.join("metrics.jsonl"), state.step)?;
         let from = state.step;
         (model, optimizers, state, metrics, Some(from))
@@ -593,7 +612,9 @@ pub fn pretrain<B: AutodiffBackend>(
             let mut loss_sum =
                 Tensor::<B::InnerBackend, 1>::from_floats([state.epoch_loss_sum as f32], device);
             let mut last_log = (Instant::now(), loader.waited(), 0usize);
-            let mut epoch_start = (Instant::now(), loader.waited());
+            // this session's part of the epoch: after a resume mid-epoch the
+            // images before the checkpoint were not timed here
+            let mut epoch_start = (Instant::now(), loader.waited(), 0usize);
             let mut model = model;
             while let Some(batch) = loader.next_batch()? {
                 let step = batch.step;
@@ -635,6 +656,7 @@ pub fn pretrain<B: AutodiffBackend>(
                 state.epoch_steps += 1;
                 state.epoch_images += n;
                 last_log.2 += n;
+                epoch_start.2 += n;
                 loss_sum = loss_sum + out.loss.clone();
                 bar.inc(1);
 
@@ -727,7 +749,7 @@ pub fn pretrain<B: AutodiffBackend>(
                     }
                     let seconds = epoch_start.0.elapsed().as_secs_f64().max(1e-9);
                     let waited = (loader.waited() - epoch_start.1).as_secs_f64();
-                    let images_per_sec = state.epoch_images as f64 / seconds;
+                    let images_per_sec = epoch_start.2 as f64 / seconds;
                     bar.suspend(|| tracing::info!(
                     "epoch {epoch}: loss {mean:.4}, {images_per_sec:.0} img/s, {seconds:.1}s, data wait {:.1}%, τ {tau:.4}",
                     100.0 * waited / seconds, tau = state.tau
@@ -776,7 +798,7 @@ pub fn pretrain<B: AutodiffBackend>(
                     })?;
                 }
                 if epoch_end {
-                    epoch_start = (Instant::now(), loader.waited());
+                    epoch_start = (Instant::now(), loader.waited(), 0);
                 }
             }
             state.train_seconds = session_train_seconds + session_start.elapsed().as_secs_f64();

@@ -352,6 +352,49 @@ fn resuming_with_another_model_is_refused_naming_the_keys() {
 }
 
 #[test]
+fn resume_keeps_new_epochs_and_refuses_a_finished_run() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let one = config(&["train.epochs=1"]);
+    let first = run(&one, out.path()).expect("one epoch");
+    let per_epoch = first.steps;
+
+    // resuming a finished run with the same config has nothing to do
+    let err = resume(&one, out.path()).expect_err("finished");
+    assert!(err.to_string().contains("train.epochs"), "{err}");
+
+    // more epochs continue it, and the run folder remembers the new length
+    let two = config(&["train.epochs=2"]);
+    let summary = resume(&two, out.path()).expect("second epoch");
+    assert_eq!(summary.resumed_from, Some(per_epoch));
+    assert_eq!(summary.steps, 2 * per_epoch);
+    let saved = RunConfig::load(Some(&out.path().join("config.toml")), &[]).expect("saved");
+    assert_eq!(saved.train.epochs, 2);
+
+    // a plain resume (the saved config) of the finished run is refused, and
+    // so is one that would end before the checkpoint; neither touches it
+    let encoder = std::fs::read(out.path().join("encoder.mpk")).expect("encoder");
+    let err = resume(&saved, out.path()).expect_err("finished again");
+    assert!(
+        err.to_string().contains(&format!("step {}", 2 * per_epoch)),
+        "{err}"
+    );
+    resume(&one, out.path()).expect_err("shorter than done");
+    assert_eq!(
+        std::fs::read(out.path().join("encoder.mpk")).expect("encoder"),
+        encoder
+    );
+
+    // killed after its last checkpoint, before the encoder and summary were
+    // written: a resume writes them without training
+    std::fs::remove_file(out.path().join("encoder.mpk")).expect("rm");
+    std::fs::remove_file(out.path().join("summary.json")).expect("rm");
+    let summary = resume(&saved, out.path()).expect("finish the outputs");
+    assert_eq!(summary.steps, 2 * per_epoch);
+    assert!(out.path().join("encoder.mpk").exists());
+    assert!(out.path().join("summary.json").exists());
+}
+
+#[test]
 fn bad_values_are_rejected_before_any_work() {
     let out = tempfile::tempdir().expect("tempdir");
     let target = out.path().join("never");
