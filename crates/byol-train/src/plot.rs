@@ -221,9 +221,18 @@ fn draw_chart(
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .chain(levels.iter().map(|l| l.y));
-    let (Some((x0, x1)), Some((y0, y1))) = (padded(xs), padded(ys)) else {
+    let (Some((x0, x1)), Some((y0, mut y1))) = (padded(xs), padded(ys)) else {
         return Err("no finite value to plot".into());
     };
+    let entries = series.len() + levels.len();
+    let legend = entries > 1;
+    if legend {
+        // headroom above the data for the legend box (~22 px an entry), so
+        // it never hides a curve near the top (top-5 accuracy, say)
+        let plot_px = f64::from(area.dim_in_pixel().1).max(200.0) - 100.0;
+        let free = ((22 * entries + 24) as f64 / plot_px).min(0.6);
+        y1 += (y1 - y0) * free / (1.0 - free);
+    }
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 24))
         .margin(15)
@@ -269,7 +278,7 @@ fn draw_chart(
                 .map_err(|x| e(&x))?;
         }
     }
-    if series.len() + levels.len() > 1 {
+    if legend {
         chart
             .configure_series_labels()
             .label_font(("sans-serif", 15))
