@@ -54,8 +54,6 @@ pub struct TrainState {
     pub epoch_loss_sum: f64,
     /// Steps of the current epoch so far.
     pub epoch_steps: usize,
-    /// Images of the current epoch so far.
-    pub epoch_images: usize,
     /// τ of the last target update.
     pub tau: f64,
     /// Learning rate of the last step.
@@ -243,7 +241,6 @@ mod tests {
             step,
             epoch_loss_sum: 1.5,
             epoch_steps: 2,
-            epoch_images: 8,
             tau: 0.99,
             lr: 0.1,
             last_epoch_loss: None,

@@ -548,7 +548,6 @@ pub fn pretrain<B: AutodiffBackend>(
             step: 0,
             epoch_loss_sum: 0.0,
             epoch_steps: 0,
-            epoch_images: 0,
             tau: t.tau_base,
             lr: 0.0,
             last_epoch_loss: None,
@@ -654,7 +653,6 @@ pub fn pretrain<B: AutodiffBackend>(
                 state.tau = tau;
                 state.lr = lr;
                 state.epoch_steps += 1;
-                state.epoch_images += n;
                 last_log.2 += n;
                 epoch_start.2 += n;
                 loss_sum = loss_sum + out.loss.clone();
@@ -774,7 +772,6 @@ pub fn pretrain<B: AutodiffBackend>(
                     }
                     state.epoch_loss_sum = 0.0;
                     state.epoch_steps = 0;
-                    state.epoch_images = 0;
                     loss_sum = Tensor::zeros([1], device);
                 }
                 if epoch_end || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0) {
