@@ -1,12 +1,12 @@
-//! The one place a concrete backend is named, chosen by cargo feature:
-//! `cuda` if enabled, else `flex` (default), else `ndarray`.
+//! The one place concrete backends are named, chosen by cargo feature and
+//! `--device`: `cpu` runs on `flex` (default feature) or else `ndarray`;
+//! `cuda`/`cuda:N` runs on the `cuda` backend when that feature is built in.
+//! A `cuda` build keeps its CPU backend, so one binary serves both.
 //!
 //! Commands implement [`Task`], a job generic over the autodiff backend;
-//! [`run`] parses `--device` and runs it on the compiled backend.
+//! [`run`] parses `--device` and runs it on the matching backend.
 
-use anyhow::Result;
-#[cfg(not(feature = "cuda"))]
-use anyhow::bail;
+use anyhow::{Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 
 /// Work that runs on whichever backend this binary was built with.
@@ -22,52 +22,171 @@ pub const DEFAULT_DEVICE: &str = "cuda:0";
 #[cfg(not(feature = "cuda"))]
 pub const DEFAULT_DEVICE: &str = "cpu";
 
-/// The backend's name, for reports.
-#[cfg(feature = "cuda")]
-pub const NAME: &str = "cuda";
-#[cfg(all(not(feature = "cuda"), feature = "flex"))]
-pub const NAME: &str = "flex";
-#[cfg(all(not(feature = "cuda"), not(feature = "flex"), feature = "ndarray"))]
-pub const NAME: &str = "ndarray";
-
-#[cfg(feature = "cuda")]
-pub fn run<T: Task>(device: &str, task: T) -> Result<T::Output> {
-    use burn::backend::{Autodiff, Cuda, cuda::CudaDevice};
-    let index = match device {
-        "cuda" => 0,
-        d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => i,
-            _ => anyhow::bail!(
-                "--device {d}: expected `cuda` or `cuda:N` (this binary was built with the cuda backend)"
-            ),
-        },
-    };
-    task.run::<Autodiff<Cuda>>(CudaDevice::new(index))
-}
-
-#[cfg(all(not(feature = "cuda"), feature = "flex"))]
-pub fn run<T: Task>(device: &str, task: T) -> Result<T::Output> {
-    use burn::backend::{Autodiff, Flex};
-    check_cpu(device)?;
-    task.run::<Autodiff<Flex>>(Default::default())
-}
-
-#[cfg(all(not(feature = "cuda"), not(feature = "flex"), feature = "ndarray"))]
-pub fn run<T: Task>(device: &str, task: T) -> Result<T::Output> {
-    use burn::backend::{Autodiff, NdArray};
-    check_cpu(device)?;
-    task.run::<Autodiff<NdArray>>(Default::default())
-}
-
 #[cfg(not(any(feature = "cuda", feature = "flex", feature = "ndarray")))]
 compile_error!("enable one backend feature of xtask: flex (default), ndarray or cuda");
 
-#[cfg(not(feature = "cuda"))]
-fn check_cpu(device: &str) -> Result<()> {
-    if device != "cpu" {
-        bail!(
-            "--device {device}: this binary was built with the {NAME} CPU backend, which only has `cpu`; rebuild with `--features cuda` for GPUs"
-        );
+/// What `--device` asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+fn parse(device: &str) -> Result<Device> {
+    match device {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(Device::Cuda(i)),
+            _ => bail!("--device {d}: expected `cpu`, `cuda` or `cuda:N`"),
+        },
     }
-    Ok(())
+}
+
+/// The name of the backend `device` runs on, for reports; `?` when this
+/// binary cannot run it (then [`run`] fails with the reason).
+pub fn name(device: &str) -> &'static str {
+    match parse(device) {
+        Ok(Device::Cpu) if cfg!(feature = "flex") => "flex",
+        Ok(Device::Cpu) if cfg!(feature = "ndarray") => "ndarray",
+        Ok(Device::Cuda(_)) if cfg!(feature = "cuda") => "cuda",
+        _ => "?",
+    }
+}
+
+/// Runs `task` on the backend and device named by `device`.
+pub fn run<T: Task>(device: &str, task: T) -> Result<T::Output> {
+    match parse(device)? {
+        Device::Cpu => run_cpu(task),
+        Device::Cuda(index) => run_cuda(device, index, task),
+    }
+}
+
+#[cfg(feature = "flex")]
+fn run_cpu<T: Task>(task: T) -> Result<T::Output> {
+    use burn::backend::{Autodiff, Flex};
+    task.run::<Autodiff<Flex>>(Default::default())
+}
+
+#[cfg(all(not(feature = "flex"), feature = "ndarray"))]
+fn run_cpu<T: Task>(task: T) -> Result<T::Output> {
+    use burn::backend::{Autodiff, NdArray};
+    task.run::<Autodiff<NdArray>>(Default::default())
+}
+
+#[cfg(not(any(feature = "flex", feature = "ndarray")))]
+fn run_cpu<T: Task>(_task: T) -> Result<T::Output> {
+    bail!(
+        "--device cpu: this binary was built without a CPU backend; rebuild with the `flex` feature (the default)"
+    )
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda<T: Task>(device: &str, index: usize, task: T) -> Result<T::Output> {
+    use burn::backend::{Autodiff, Cuda, cuda::CudaDevice};
+    let cuda = CudaDevice::new(index);
+    probe_cuda(device, &cuda)?;
+    task.run::<Autodiff<Cuda>>(cuda)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda<T: Task>(device: &str, _index: usize, _task: T) -> Result<T::Output> {
+    bail!(
+        "--device {device}: this binary was built without the cuda backend; rebuild with `--features cuda`, or pass --device cpu"
+    )
+}
+
+/// Opens `cuda` with one tiny read-back, so that a machine without an NVIDIA
+/// driver or without that GPU gets an error naming the device instead of
+/// the panics burn's CUDA runtime raises in its device thread (the driver is
+/// loaded at run time, so a `cuda` build runs on machines that have none).
+#[cfg(feature = "cuda")]
+fn probe_cuda(device: &str, cuda: &burn::backend::cuda::CudaDevice) -> Result<()> {
+    use burn::backend::Cuda;
+    use burn::tensor::Tensor;
+    use std::panic::{self, AssertUnwindSafe};
+    use std::sync::{Arc, Mutex};
+
+    let messages = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&messages);
+    let previous = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        if let Ok(mut seen) = seen.lock() {
+            seen.push(text);
+        }
+    }));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        Tensor::<Cuda, 1>::zeros([1], cuda).into_data()
+    }));
+    panic::set_hook(previous);
+    if outcome.is_ok() {
+        return Ok(());
+    }
+    // The first panic is the device thread's own reason; cudarc's names
+    // every library file it tried after " - ", which is noise here.
+    let reason = messages
+        .lock()
+        .ok()
+        .and_then(|m| m.first().cloned())
+        .unwrap_or_default();
+    let reason = reason.split(" - ").next().unwrap_or_default().trim();
+    bail!(
+        "--device {device}: could not open the CUDA device ({reason}); this needs an NVIDIA driver and a visible GPU. Pass --device cpu to run on the CPU"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_bad_ones_are_named() {
+        assert_eq!(parse("cpu").ok(), Some(Device::Cpu));
+        assert_eq!(parse("cuda").ok(), Some(Device::Cuda(0)));
+        assert_eq!(parse("cuda:3").ok(), Some(Device::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:x", "CPU", ""] {
+            let err = parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(&format!("--device {bad}:")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn cpu_name_matches_the_built_backend() {
+        let expected = if cfg!(feature = "flex") {
+            "flex"
+        } else if cfg!(feature = "ndarray") {
+            "ndarray"
+        } else {
+            "?"
+        };
+        assert_eq!(name("cpu"), expected);
+        assert_eq!(name("tpu"), "?");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_rebuild() {
+        struct Never;
+        impl Task for Never {
+            type Output = ();
+            fn run<B: AutodiffBackend>(self, _device: B::Device) -> Result<()> {
+                bail!("must not run")
+            }
+        }
+        let err = run("cuda:1", Never)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("--device cuda:1") && err.contains("--features cuda"),
+            "{err}"
+        );
+        assert_eq!(name("cuda:1"), "?");
+    }
 }

@@ -124,9 +124,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
-/// Appends a section to docs/results.md: title, command, machine, date and
-/// the table.
-fn record(title: &str, table: &str, notes: &str) -> Result<()> {
+/// Appends a section to docs/results.md: title, command, machine, backend,
+/// date and the table.
+fn record(title: &str, backend: &str, table: &str, notes: &str) -> Result<()> {
     let path = Path::new("docs/results.md");
     let command: Vec<String> = std::env::args().collect();
     let command = format!(
@@ -142,7 +142,6 @@ fn record(title: &str, table: &str, notes: &str) -> Result<()> {
         "\n## {title} ({date})\n\n- Command: `{command}`\n- Machine: {machine}\n- Backend: {backend}, {threads} rayon threads\n- Date: {date}\n\n{table}\n{notes}",
         date = today(),
         machine = machine(),
-        backend = backend::NAME,
         threads = rayon::current_num_threads(),
     );
     let mut file = std::fs::OpenOptions::new()
@@ -310,7 +309,7 @@ fn step(args: StepArgs) -> Result<()> {
     }
     println!(
         "BYOL step, backend {}, device {}, {threads} rayon threads{}",
-        backend::NAME,
+        backend::name(&args.device),
         args.device,
         if args.concat_views {
             ", views concatenated"
@@ -327,7 +326,12 @@ fn step(args: StepArgs) -> Result<()> {
             ),
             None => "\nPeak RSS is the whole process's, cumulative over the models timed in one invocation.\n".into(),
         };
-        record("Benchmark: BYOL step", &table, &notes)?;
+        record(
+            "Benchmark: BYOL step",
+            backend::name(&args.device),
+            &table,
+            &notes,
+        )?;
     }
     Ok(())
 }
@@ -445,6 +449,7 @@ fn data(args: DataArgs) -> Result<()> {
     if !args.no_record {
         record(
             "Benchmark: data pipeline",
+            "none (data loading only)",
             &table,
             "\nimg/s: decoding the batch's images (rayon) and making both views, the loader's whole work per batch. Memory: a child process runs the loader (2 batches prefetched) over one epoch of the first N files of a folder of 28×28 PNGs written from Fashion-MNIST; the folder dataset keeps only a compact list of relative paths.\n",
         )?;
@@ -506,6 +511,7 @@ fn epoch(args: EpochArgs) -> Result<()> {
     if !args.no_record {
         record(
             "Benchmark: one Fashion-MNIST epoch",
+            backend::name(&args.device),
             &table,
             "\nThe default CPU recipe (configs/default.toml) over the full 60,000 training images, one epoch, data loading and augmentation included (the loader prefetches 2 batches); kNN off. Data wait: the share of the epoch the step loop spent blocked on the loader.\n",
         )?;
