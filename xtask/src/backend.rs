@@ -156,17 +156,33 @@ mod tests {
         }
     }
 
+    /// The backend a task actually gets for `cpu`, by its type name.
+    struct BackendType;
+    impl Task for BackendType {
+        type Output = String;
+        fn run<B: AutodiffBackend>(self, _device: B::Device) -> Result<String> {
+            Ok(std::any::type_name::<B>().to_lowercase())
+        }
+    }
+
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
     #[test]
-    fn cpu_name_matches_the_built_backend() {
-        let expected = if cfg!(feature = "flex") {
-            "flex"
-        } else if cfg!(feature = "ndarray") {
-            "ndarray"
-        } else {
-            "?"
-        };
-        assert_eq!(name("cpu"), expected);
+    fn cpu_name_is_the_backend_run_dispatches_to() {
+        let ran = run("cpu", BackendType).map_err(|e| e.to_string());
+        let ran = ran.unwrap_or_else(|e| e);
+        let reported = name("cpu");
+        assert!(["flex", "ndarray"].contains(&reported), "{reported}");
+        assert!(ran.contains(reported), "reported {reported}, ran {ran}");
         assert_eq!(name("tpu"), "?");
+    }
+
+    #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+    #[test]
+    fn cpu_without_a_cpu_backend_is_unnamed_and_refused() {
+        assert_eq!(name("cpu"), "?");
+        assert_eq!(name("tpu"), "?");
+        let err = run("cpu", BackendType).err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("--device cpu"));
     }
 
     #[cfg(not(feature = "cuda"))]
