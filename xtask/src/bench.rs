@@ -471,7 +471,7 @@ impl Task for OneEpoch<'_> {
             &device,
             PretrainOptions {
                 progress: true,
-                resume: false,
+                ..Default::default()
             },
         )?)
     }

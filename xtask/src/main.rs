@@ -109,6 +109,25 @@ impl backend::Task for Pretrain<'_> {
     }
 }
 
+/// The exit status of a run stopped by a signal after saving its
+/// checkpoint (128 + SIGINT, as shells report Ctrl-C).
+const INTERRUPTED_EXIT: i32 = 130;
+
+/// A stop request that Ctrl-C, SIGTERM or SIGQUIT sets: the run finishes
+/// its step, saves a checkpoint and exits with [`INTERRUPTED_EXIT`]. A
+/// second signal exits at once (the last checkpoint stays intact).
+fn stop_on_signals() -> Result<byol_train::StopSignal> {
+    let stop = byol_train::StopSignal::default();
+    for &signal in signal_hook::consts::TERM_SIGNALS {
+        // the shutdown goes first: it sees the flag still unset on the
+        // first signal, and set on the second
+        signal_hook::flag::register_conditional_shutdown(signal, INTERRUPTED_EXIT, stop.flag())
+            .and_then(|_| signal_hook::flag::register(signal, stop.flag()))
+            .with_context(|| format!("installing the handler of signal {signal}"))?;
+    }
+    Ok(stop)
+}
+
 /// A run config: `path` (default `configs/default.toml`), then the
 /// `--set` overrides, then `--data`. Returns it with the file it came from.
 fn load_config(
@@ -160,7 +179,8 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
             PathBuf::from("runs").join(format!("{stem}-{secs}"))
         }
     };
-    let summary = backend::run(
+    let stop = stop_on_signals()?;
+    let result = backend::run(
         &args.device,
         Pretrain {
             config: &config,
@@ -168,10 +188,17 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
             options: byol_train::PretrainOptions {
                 progress: !args.no_progress,
                 resume: args.resume.is_some(),
+                stop,
             },
         },
-    )
-    .with_context(|| format!("pretraining with {}", config_path.display()))?;
+    );
+    if let Err(e) = &result
+        && let Some(interrupted @ byol_train::TrainError::Interrupted { .. }) = e.downcast_ref()
+    {
+        eprintln!("{interrupted}");
+        std::process::exit(INTERRUPTED_EXIT);
+    }
+    let summary = result.with_context(|| format!("pretraining with {}", config_path.display()))?;
     let pct = |x: Option<byol_eval::KnnAccuracy>| {
         x.map_or_else(
             || "   n/a".to_string(),

@@ -1,5 +1,6 @@
-//! A pretraining process killed with SIGKILL mid-epoch and resumed with
-//! `--resume` ends with the same metrics as an uninterrupted run.
+//! A pretraining process killed with SIGKILL, or stopped with Ctrl-C
+//! (SIGINT), mid-epoch and resumed with `--resume` ends with the same
+//! metrics as an uninterrupted run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -61,7 +62,7 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn a_run_killed_mid_epoch_and_resumed_matches_an_uninterrupted_run() {
+fn a_run_killed_or_interrupted_mid_epoch_and_resumed_matches_an_uninterrupted_run() {
     let root = tempfile::tempdir().expect("tempdir");
     let (full, killed) = (root.path().join("full"), root.path().join("killed"));
 
@@ -123,6 +124,74 @@ fn a_run_killed_mid_epoch_and_resumed_matches_an_uninterrupted_run() {
         assert_eq!(a[key], b[key], "{key}");
     }
     assert!(b["resumed_from"].as_u64().is_some_and(|s| s >= 8));
+
+    // Ctrl-C mid-epoch: the run saves the step it is on and exits 130
+    let interrupted = root.path().join("interrupted");
+    let child = xtask()
+        .args(pretrain_args(&interrupted))
+        .spawn()
+        .expect("xtask starts");
+    let mark = interrupted.join("checkpoints").join("step-000000004");
+    let start = Instant::now();
+    while !mark.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "no checkpoint at step 4 after 10 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .args(["-s", "INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let out = child.wait_with_output().expect("reaped");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("--resume") && stderr.contains("checkpoint saved"),
+        "{stderr}"
+    );
+    assert!(!interrupted.join("summary.json").exists());
+    // nothing trained is lost: the newest checkpoint is the last step logged
+    let newest = std::fs::read_dir(interrupted.join("checkpoints"))
+        .expect("checkpoints")
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("step-")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .expect("a checkpoint");
+    let last_logged = metrics(&interrupted)
+        .iter()
+        .filter_map(|r| r["step"].as_u64())
+        .max()
+        .expect("a step record");
+    assert_eq!(newest, last_logged);
+    assert!(
+        stderr.contains(&format!("stopped at step {newest} of 18")),
+        "{stderr}"
+    );
+
+    let out = xtask()
+        .args([
+            "pretrain",
+            "--no-progress",
+            "--resume",
+            &interrupted.display().to_string(),
+        ])
+        .output()
+        .expect("xtask resumes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(metrics(&full), metrics(&interrupted));
 }
 
 #[test]

@@ -33,7 +33,8 @@ pub use optim::{ByolOptimizer, OptimizerSettings};
 pub use run::Run;
 pub use schedule::{learning_rate, tau};
 pub use trainer::{
-    Optimizers, PretrainOptions, RunSummary, StepOutput, StepSettings, byol_step, pretrain,
+    Optimizers, PretrainOptions, RunSummary, StepOutput, StepSettings, StopSignal, byol_step,
+    pretrain,
 };
 
 use std::path::PathBuf;
@@ -96,6 +97,20 @@ pub enum TrainError {
         step: usize,
         /// The value.
         loss: f32,
+    },
+    /// The run was asked to stop (see [`StopSignal`]) and saved a
+    /// checkpoint of its last step.
+    #[error(
+        "stopped at step {step} of {total}: checkpoint saved; continue with `cargo xtask pretrain --resume {}`",
+        out.display()
+    )]
+    Interrupted {
+        /// The last step done and saved.
+        step: usize,
+        /// The run's last step.
+        total: usize,
+        /// The run folder.
+        out: PathBuf,
     },
     /// The projections collapsed (see `train.collapse_stop`).
     #[error(

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -167,13 +168,39 @@ pub struct RunSummary {
 }
 
 /// How [`pretrain`] runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct PretrainOptions {
     /// Show progress bars.
     pub progress: bool,
     /// Continue the run in the output folder from its newest valid
     /// checkpoint.
     pub resume: bool,
+    /// Asks the run to stop early (on Ctrl-C, for one).
+    pub stop: StopSignal,
+}
+
+/// A request to stop a [`pretrain`] run before its end. The run notices it
+/// after the step in flight, writes a checkpoint of that step and returns
+/// [`TrainError::Interrupted`]; `--resume` continues from there. Clones
+/// share one request, so a signal handler can hold [`StopSignal::flag`].
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Arc<AtomicBool>);
+
+impl StopSignal {
+    /// The shared flag: setting it to `true` requests the stop.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.0)
+    }
+
+    /// Requests the stop.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested.
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// The labelled splits of the kNN monitor.
@@ -774,7 +801,13 @@ pub fn pretrain<B: AutodiffBackend>(
                     state.epoch_steps = 0;
                     loss_sum = Tensor::zeros([1], device);
                 }
-                if epoch_end || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0) {
+                // a stop request at the last step changes nothing: the run
+                // ends and saves as usual
+                let stop = options.stop.requested() && state.step < total_steps;
+                if epoch_end
+                    || stop
+                    || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0)
+                {
                     let sum: f32 = loss_sum.clone().into_scalar().elem();
                     if !sum.is_finite() {
                         bar.abandon();
@@ -793,6 +826,14 @@ pub fn pretrain<B: AutodiffBackend>(
                         save_module::<B, _>(model_ref.clone(), &dir.join("model.mpk"))?;
                         opt_ref.save(dir)
                     })?;
+                }
+                if stop {
+                    bar.abandon();
+                    return Err(TrainError::Interrupted {
+                        step: state.step,
+                        total: total_steps,
+                        out: out_dir.to_path_buf(),
+                    });
                 }
                 if epoch_end {
                     epoch_start = (Instant::now(), loader.waited(), 0);

@@ -7,7 +7,7 @@ use burn::backend::{Autodiff, Flex};
 use byol_data::{Dataset, IdxDataset, Split};
 use byol_eval::extract_features;
 use byol_train::checkpoint::{list_checkpoints, load_module};
-use byol_train::{PretrainOptions, RunConfig, TrainError};
+use byol_train::{PretrainOptions, RunConfig, StopSignal, TrainError};
 
 type B = Autodiff<Flex>;
 
@@ -44,8 +44,8 @@ fn resume(config: &RunConfig, out: &Path) -> Result<byol_train::RunSummary, Trai
         out,
         &Default::default(),
         PretrainOptions {
-            progress: false,
             resume: true,
+            ..Default::default()
         },
     )
 }
@@ -233,6 +233,40 @@ fn a_resumed_run_ends_exactly_as_an_uninterrupted_one() {
         full_summary["final_loss"],
         serde_json::json!(summary.final_loss)
     );
+
+    // a run asked to stop (Ctrl-C) before its first step: it ends that step,
+    // saves it although 1 is no multiple of checkpoint_every, and resumes
+    // to the same end
+    let stopped = tempfile::tempdir().expect("tempdir");
+    let stop = StopSignal::default();
+    stop.request();
+    let err = byol_train::pretrain::<B>(
+        &config,
+        stopped.path(),
+        &Default::default(),
+        PretrainOptions {
+            stop,
+            ..Default::default()
+        },
+    )
+    .expect_err("the stop request ends the run early");
+    assert!(
+        matches!(
+            err,
+            TrainError::Interrupted {
+                step: 1,
+                total: 18,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--resume"), "{err}");
+    assert_eq!(list_checkpoints(stopped.path())[0].0, 1);
+    assert!(!stopped.path().join("summary.json").exists());
+    let summary = resume(&config, stopped.path()).expect("resumed after the stop");
+    assert_eq!(summary.resumed_from, Some(1));
+    assert_eq!(deterministic(full.path()), deterministic(stopped.path()));
 }
 
 #[test]
