@@ -185,33 +185,13 @@ fn a_resumed_run_ends_exactly_as_an_uninterrupted_one() {
     // the state of a run that died at step 10, mid-epoch 2: its newest
     // checkpoint is step 8, its log ran ahead, and a checkpoint was torn
     let cut = tempfile::tempdir().expect("tempdir");
-    let ckpts = cut.path().join("checkpoints");
-    std::fs::create_dir_all(&ckpts).expect("mkdir");
-    std::fs::copy(
-        full.path().join("config.toml"),
-        cut.path().join("config.toml"),
+    let log = copy_run(full.path(), cut.path(), 8, 10);
+    std::fs::create_dir(
+        cut.path()
+            .join("checkpoints")
+            .join(".step-000000012.partial"),
     )
-    .expect("copy");
-    for (step, dir) in list_checkpoints(full.path()) {
-        if step <= 8 {
-            let to = ckpts.join(dir.file_name().expect("name"));
-            std::fs::create_dir(&to).expect("mkdir");
-            for f in std::fs::read_dir(&dir).expect("read") {
-                let f = f.expect("entry").path();
-                std::fs::copy(&f, to.join(f.file_name().expect("name"))).expect("copy");
-            }
-        }
-    }
-    std::fs::create_dir(ckpts.join(".step-000000012.partial")).expect("mkdir");
-    let log: Vec<String> = std::fs::read_to_string(full.path().join("metrics.jsonl"))
-        .expect("log")
-        .lines()
-        .map(String::from)
-        .filter(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json");
-            v["step"].as_u64().expect("step") <= 10
-        })
-        .collect();
+    .expect("mkdir");
     std::fs::write(
         cut.path().join("metrics.jsonl"),
         log.join("\n") + "\n{\"kind\":\"st",
@@ -234,10 +214,14 @@ fn a_resumed_run_ends_exactly_as_an_uninterrupted_one() {
         serde_json::json!(summary.final_loss)
     );
 
-    // a run asked to stop (Ctrl-C) before its first step: it ends that step,
-    // saves it although 1 is no multiple of checkpoint_every, and resumes
-    // to the same end
+    // the same run resumed from step 4 and asked to stop (Ctrl-C) at once:
+    // it ends step 5, saves it although 5 is no multiple of
+    // checkpoint_every, and a second resume reaches the same end. (Resumed
+    // from a copied checkpoint, not started afresh: a fresh start draws its
+    // initial weights from the backend's global RNG, which the tests running
+    // beside this one in the process also draw from.)
     let stopped = tempfile::tempdir().expect("tempdir");
+    copy_run(full.path(), stopped.path(), 4, 4);
     let stop = StopSignal::default();
     stop.request();
     let err = byol_train::pretrain::<B>(
@@ -245,6 +229,7 @@ fn a_resumed_run_ends_exactly_as_an_uninterrupted_one() {
         stopped.path(),
         &Default::default(),
         PretrainOptions {
+            resume: true,
             stop,
             ..Default::default()
         },
@@ -254,7 +239,7 @@ fn a_resumed_run_ends_exactly_as_an_uninterrupted_one() {
         matches!(
             err,
             TrainError::Interrupted {
-                step: 1,
+                step: 5,
                 total: 18,
                 ..
             }
@@ -262,11 +247,41 @@ fn a_resumed_run_ends_exactly_as_an_uninterrupted_one() {
         "{err}"
     );
     assert!(err.to_string().contains("--resume"), "{err}");
-    assert_eq!(list_checkpoints(stopped.path())[0].0, 1);
+    assert_eq!(list_checkpoints(stopped.path())[0].0, 5);
     assert!(!stopped.path().join("summary.json").exists());
     let summary = resume(&config, stopped.path()).expect("resumed after the stop");
-    assert_eq!(summary.resumed_from, Some(1));
+    assert_eq!(summary.resumed_from, Some(5));
     assert_eq!(deterministic(full.path()), deterministic(stopped.path()));
+}
+
+/// Copies the run in `from` as a run that died after `log_step`: its config,
+/// its checkpoints up to `last_checkpoint` and its log up to `log_step`.
+/// Returns the log's lines.
+fn copy_run(from: &Path, to: &Path, last_checkpoint: usize, log_step: u64) -> Vec<String> {
+    let ckpts = to.join("checkpoints");
+    std::fs::create_dir_all(&ckpts).expect("mkdir");
+    std::fs::copy(from.join("config.toml"), to.join("config.toml")).expect("copy");
+    for (step, dir) in list_checkpoints(from) {
+        if step <= last_checkpoint {
+            let dst = ckpts.join(dir.file_name().expect("name"));
+            std::fs::create_dir(&dst).expect("mkdir");
+            for f in std::fs::read_dir(&dir).expect("read") {
+                let f = f.expect("entry").path();
+                std::fs::copy(&f, dst.join(f.file_name().expect("name"))).expect("copy");
+            }
+        }
+    }
+    let log: Vec<String> = std::fs::read_to_string(from.join("metrics.jsonl"))
+        .expect("log")
+        .lines()
+        .map(String::from)
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["step"].as_u64().expect("step") <= log_step
+        })
+        .collect();
+    std::fs::write(to.join("metrics.jsonl"), log.join("\n") + "\n").expect("write");
+    log
 }
 
 #[test]
