@@ -3,7 +3,7 @@
 //! metrics as an uninterrupted run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn sample() -> PathBuf {
@@ -61,6 +61,36 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Waits until the run in `dir` has written the checkpoint of `step`.
+fn wait_for_checkpoint(child: &mut Child, dir: &Path, step: usize) {
+    let mark = dir.join("checkpoints").join(format!("step-{step:09}"));
+    let start = Instant::now();
+    while !mark.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "no checkpoint at step {step} after 10 minutes"
+        );
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("the run ended ({status}) before step {step} was saved");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `pretrain --resume dir`, which must succeed.
+fn resume(dir: &Path) {
+    let out = xtask()
+        .args(["pretrain", "--no-progress", "--resume"])
+        .arg(dir)
+        .output()
+        .expect("xtask resumes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_run_killed_or_interrupted_mid_epoch_and_resumed_matches_an_uninterrupted_run() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -81,18 +111,7 @@ fn a_run_killed_or_interrupted_mid_epoch_and_resumed_matches_an_uninterrupted_ru
         .args(pretrain_args(&killed))
         .spawn()
         .expect("xtask starts");
-    let mark = killed.join("checkpoints").join("step-000000008");
-    let start = Instant::now();
-    while !mark.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "no checkpoint at step 8 after 10 minutes"
-        );
-        if let Some(status) = child.try_wait().expect("wait") {
-            panic!("the run ended ({status}) before it could be killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoint(&mut child, &killed, 8);
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
     assert!(
@@ -100,20 +119,7 @@ fn a_run_killed_or_interrupted_mid_epoch_and_resumed_matches_an_uninterrupted_ru
         "the run should have died before its end"
     );
 
-    let out = xtask()
-        .args([
-            "pretrain",
-            "--no-progress",
-            "--resume",
-            &killed.display().to_string(),
-        ])
-        .output()
-        .expect("xtask resumes");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    resume(&killed);
     assert_eq!(metrics(&full), metrics(&killed));
     let summary = |d: &Path| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).expect("summary"))
@@ -127,19 +133,11 @@ fn a_run_killed_or_interrupted_mid_epoch_and_resumed_matches_an_uninterrupted_ru
 
     // Ctrl-C mid-epoch: the run saves the step it is on and exits 130
     let interrupted = root.path().join("interrupted");
-    let child = xtask()
+    let mut child = xtask()
         .args(pretrain_args(&interrupted))
         .spawn()
         .expect("xtask starts");
-    let mark = interrupted.join("checkpoints").join("step-000000004");
-    let start = Instant::now();
-    while !mark.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "no checkpoint at step 4 after 10 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoint(&mut child, &interrupted, 4);
     let sent = Command::new("kill")
         .args(["-s", "INT", &child.id().to_string()])
         .status()
@@ -177,20 +175,7 @@ fn a_run_killed_or_interrupted_mid_epoch_and_resumed_matches_an_uninterrupted_ru
         "{stderr}"
     );
 
-    let out = xtask()
-        .args([
-            "pretrain",
-            "--no-progress",
-            "--resume",
-            &interrupted.display().to_string(),
-        ])
-        .output()
-        .expect("xtask resumes");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    resume(&interrupted);
     assert_eq!(metrics(&full), metrics(&interrupted));
 }
 
