@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use byol_train::checkpoint::{CHECKPOINTS, checkpoint_name, list_checkpoints};
+
 fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist-sample")
 }
@@ -63,7 +65,7 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
 
 /// Waits until the run in `dir` has written the checkpoint of `step`.
 fn wait_for_checkpoint(child: &mut Child, dir: &Path, step: usize) {
-    let mark = dir.join("checkpoints").join(format!("step-{step:09}"));
+    let mark = dir.join(CHECKPOINTS).join(checkpoint_name(step));
     let start = Instant::now();
     while !mark.exists() {
         assert!(
@@ -152,17 +154,9 @@ fn a_run_killed_or_interrupted_mid_epoch_and_resumed_matches_an_uninterrupted_ru
     );
     assert!(!interrupted.join("summary.json").exists());
     // nothing trained is lost: the newest checkpoint is the last step logged
-    let newest = std::fs::read_dir(interrupted.join("checkpoints"))
-        .expect("checkpoints")
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()?
-                .strip_prefix("step-")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
+    let newest = list_checkpoints(&interrupted)
+        .first()
+        .map(|c| c.0 as u64)
         .expect("a checkpoint");
     let last_logged = metrics(&interrupted)
         .iter()

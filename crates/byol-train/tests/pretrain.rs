@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use byol_data::{Dataset, IdxDataset, Split};
 use byol_eval::extract_features;
-use byol_train::checkpoint::{list_checkpoints, load_module};
+use byol_train::checkpoint::{CHECKPOINTS, list_checkpoints, load_module};
 use byol_train::{PretrainOptions, RunConfig, StopSignal, TrainError};
 
 type B = Autodiff<Flex>;
@@ -186,12 +186,8 @@ fn a_resumed_run_ends_exactly_as_an_uninterrupted_one() {
     // checkpoint is step 8, its log ran ahead, and a checkpoint was torn
     let cut = tempfile::tempdir().expect("tempdir");
     let log = copy_run(full.path(), cut.path(), 8, 10);
-    std::fs::create_dir(
-        cut.path()
-            .join("checkpoints")
-            .join(".step-000000012.partial"),
-    )
-    .expect("mkdir");
+    std::fs::create_dir(cut.path().join(CHECKPOINTS).join(".step-000000012.partial"))
+        .expect("mkdir");
     std::fs::write(
         cut.path().join("metrics.jsonl"),
         log.join("\n") + "\n{\"kind\":\"st",
@@ -258,7 +254,7 @@ fn a_resumed_run_ends_exactly_as_an_uninterrupted_one() {
 /// its checkpoints up to `last_checkpoint` and its log up to `log_step`.
 /// Returns the log's lines.
 fn copy_run(from: &Path, to: &Path, last_checkpoint: usize, log_step: u64) -> Vec<String> {
-    let ckpts = to.join("checkpoints");
+    let ckpts = to.join(CHECKPOINTS);
     std::fs::create_dir_all(&ckpts).expect("mkdir");
     std::fs::copy(from.join("config.toml"), to.join("config.toml")).expect("copy");
     for (step, dir) in list_checkpoints(from) {
