@@ -43,6 +43,9 @@ pub struct EmbedArgs {
     /// Dataset folder (default: the run's `data.path`).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Which encoder embeds.
+    #[arg(long, value_enum, default_value = "online")]
+    network: crate::eval::NetworkArg,
     /// Which split to embed, every image of it.
     #[arg(long, value_enum, default_value = "test")]
     split: SplitArg,
@@ -70,10 +73,12 @@ struct Embed<'a> {
 impl Task for Embed<'_> {
     type Output = EmbedSummary;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        let encoder = self.run.load_encoder::<B::InnerBackend>(&device)?;
+        let loaded = self
+            .run
+            .load_network::<B::InnerBackend>(self.args.network.into(), &device)?;
         Ok(byol_train::embed(
             self.config,
-            &encoder,
+            &loaded.encoder,
             self.args.split.into(),
             &self.args.out,
             &device,

@@ -4,15 +4,37 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use byol_train::{EvalReport, Run, RunConfig, UseOptions};
+use byol_train::{EvalReport, Network, Run, RunConfig, UseOptions};
+use clap::ValueEnum;
 
 use crate::backend::{self, Task};
+
+/// The encoders `--network` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    /// The online encoder, `RUN_DIR/encoder.mpk` (the run must have finished).
+    Online,
+    /// The target (moving-average) encoder of the run's newest checkpoint.
+    Target,
+}
+
+impl From<NetworkArg> for Network {
+    fn from(n: NetworkArg) -> Self {
+        match n {
+            NetworkArg::Online => Network::Online,
+            NetworkArg::Target => Network::Target,
+        }
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
     /// Run folder (from `cargo xtask pretrain --out`).
     #[arg(long, value_name = "RUN_DIR")]
     run: PathBuf,
+    /// Which encoder to measure; `target` writes `eval-target.json`.
+    #[arg(long, value_enum, default_value = "online")]
+    network: NetworkArg,
     /// Evaluate on another dataset folder than the run's `data.path`.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -60,6 +82,7 @@ pub fn run_config(
 
 struct Evaluate<'a> {
     run: &'a Run,
+    network: Network,
     config: &'a RunConfig,
     options: UseOptions,
 }
@@ -69,6 +92,7 @@ impl Task for Evaluate<'_> {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
         Ok(byol_train::evaluate_run::<B>(
             self.run,
+            self.network,
             self.config,
             &device,
             self.options,
@@ -83,6 +107,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         &args.device,
         Evaluate {
             run: &run,
+            network: args.network.into(),
             config: &config,
             options: UseOptions {
                 progress: !args.no_progress,
@@ -90,6 +115,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         },
     )
     .with_context(|| format!("evaluating {}", args.run.display()))?;
+    let weights = match (&report.weights, report.step) {
+        (Some(path), Some(step)) => format!("{} (step {step})", path.display()),
+        (Some(path), None) => path.display().to_string(),
+        (None, _) => String::new(),
+    };
+    println!("{:?} encoder: {weights}", report.network);
     println!(
         "{}: {}-d features, {} training images, {} test images ({})",
         args.run.display(),
@@ -118,7 +149,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     println!(
         "{:.0}s; written to {}",
         report.seconds,
-        args.run.join("eval.json").display()
+        args.run
+            .join(byol_train::eval_file(report.network))
+            .display()
     );
     Ok(())
 }

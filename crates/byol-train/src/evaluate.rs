@@ -17,12 +17,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::checkpoint::write_atomic;
-use crate::run::{Run, check_fits, open_split};
+use crate::run::{Network, Run, check_fits, open_split};
 use crate::{RunConfig, TrainError};
 
-/// The figures of `cargo xtask eval`, as written to `eval.json`.
+/// The figures of `cargo xtask eval`, as written to `eval.json`
+/// (`eval-target.json` for the target encoder).
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
+    /// Which encoder of the run was measured ([`evaluate`] of an encoder
+    /// handed to it says `online`).
+    pub network: Network,
+    /// The file its weights came from (set by [`evaluate_run`]).
+    pub weights: Option<PathBuf>,
+    /// The training step of those weights, when known.
+    pub step: Option<usize>,
     /// Dataset folder.
     pub data: PathBuf,
     /// Labelled training images (kNN memory, probe training set).
@@ -154,6 +162,9 @@ pub fn evaluate<B: AutodiffBackend>(
         100.0 * probe.train_top1
     );
     Ok(EvalReport {
+        network: Network::Online,
+        weights: None,
+        step: None,
         data: config.data.path.clone(),
         train_images: train.len(),
         test_images: test.len(),
@@ -166,23 +177,35 @@ pub fn evaluate<B: AutodiffBackend>(
     })
 }
 
-/// [`evaluate`] of a run's encoder with `config` (the run's, possibly with
-/// other data or eval settings), then `eval.json` written into the run
-/// folder.
+/// Name of the file [`evaluate_run`] writes for `network`.
+pub fn eval_file(network: Network) -> &'static str {
+    match network {
+        Network::Online => "eval.json",
+        Network::Target => "eval-target.json",
+    }
+}
+
+/// [`evaluate`] of one of a run's encoders with `config` (the run's,
+/// possibly with other data or eval settings), then the report written into
+/// the run folder as [`eval_file`] names it.
 ///
 /// # Errors
 ///
-/// As [`Run::load_encoder`] and [`evaluate`]; [`TrainError::Output`] when
-/// `eval.json` cannot be written.
+/// As [`Run::load_network`] and [`evaluate`]; [`TrainError::Output`] when
+/// the report cannot be written.
 pub fn evaluate_run<B: AutodiffBackend>(
     run: &Run,
+    network: Network,
     config: &RunConfig,
     device: &B::Device,
     options: UseOptions,
 ) -> Result<EvalReport, TrainError> {
-    let encoder = run.load_encoder::<B::InnerBackend>(device)?;
-    let report = evaluate::<B>(config, &encoder, device, options)?;
-    let path = run.dir.join("eval.json");
+    let loaded = run.load_network::<B::InnerBackend>(network, device)?;
+    let mut report = evaluate::<B>(config, &loaded.encoder, device, options)?;
+    report.network = network;
+    report.weights = Some(loaded.weights);
+    report.step = loaded.step;
+    let path = run.dir.join(eval_file(network));
     let json = serde_json::to_string_pretty(&report).map_err(|e| TrainError::Output {
         path: path.clone(),
         message: e.to_string(),

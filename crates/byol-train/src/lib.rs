@@ -27,10 +27,12 @@ pub use config::{
     DataConfig, EncoderKind, EvalConfig, LrScale, LrSchedule, ModelConfig, OptimizerKind,
     RunConfig, TrainConfig,
 };
-pub use evaluate::{EmbedSummary, EvalReport, UseOptions, embed, evaluate, evaluate_run};
+pub use evaluate::{
+    EmbedSummary, EvalReport, UseOptions, embed, eval_file, evaluate, evaluate_run,
+};
 pub use loss::{byol_loss, regression_loss};
 pub use optim::{ByolOptimizer, OptimizerSettings};
-pub use run::Run;
+pub use run::{LoadedEncoder, Network, Run};
 pub use schedule::{learning_rate, tau};
 pub use trainer::{
     Optimizers, PretrainOptions, RunSummary, StepOutput, StepSettings, StopSignal, byol_step,

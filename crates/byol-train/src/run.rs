@@ -7,10 +7,39 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::prelude::*;
 use byol_data::{Dataset, OpenOptions, Split, Subset};
-use byol_model::ResNet;
+use byol_model::{Byol, ResNet};
+use serde::Serialize;
 
-use crate::checkpoint::load_record;
+use crate::checkpoint::{list_checkpoints, load_record, read_state};
 use crate::{RunConfig, TrainError};
+
+/// Which of BYOL's two encoders to take from a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The online encoder f_θ, trained by gradient descent: the one BYOL
+    /// keeps, saved as `encoder.mpk` when the run ends.
+    #[default]
+    Online,
+    /// The target encoder f_ξ, the moving average of the online one, from
+    /// the run's newest checkpoint (finished or not). solo-learn and lightly
+    /// monitor it too; it can be a little better or worse than the online
+    /// encoder.
+    Target,
+}
+
+/// An encoder taken from a run, and where its weights came from.
+#[derive(Debug)]
+pub struct LoadedEncoder<B: Backend> {
+    /// The encoder, in whatever mode `B` gives it (evaluation on a
+    /// non-autodiff backend).
+    pub encoder: ResNet<B>,
+    /// The file its weights were read from.
+    pub weights: PathBuf,
+    /// The training step of those weights, when known (checkpoints record
+    /// it; `encoder.mpk` is the run's last step).
+    pub step: Option<usize>,
+}
 
 /// File name of the trained encoder inside a run folder.
 pub const ENCODER_FILE: &str = "encoder.mpk";
@@ -91,6 +120,93 @@ impl Run {
             });
         }
         Ok(encoder)
+    }
+
+    /// Loads `network`'s encoder: [`Run::load_encoder`] for the online one;
+    /// for the target, the target network of the newest checkpoint whose
+    /// state and weights read back.
+    ///
+    /// # Errors
+    ///
+    /// As [`Run::load_encoder`] for the online encoder. For the target:
+    /// [`TrainError::Checkpoint`] when the run trained without one
+    /// (`train.use_momentum = false`), has no checkpoint, or none of them
+    /// loads.
+    pub fn load_network<B: Backend>(
+        &self,
+        network: Network,
+        device: &B::Device,
+    ) -> Result<LoadedEncoder<B>, TrainError> {
+        match network {
+            Network::Online => Ok(LoadedEncoder {
+                encoder: self.load_encoder(device)?,
+                weights: self.encoder_path(),
+                step: None,
+            }),
+            Network::Target => self.load_target_encoder(device),
+        }
+    }
+
+    fn load_target_encoder<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<LoadedEncoder<B>, TrainError> {
+        let root = self.dir.join(crate::checkpoint::CHECKPOINTS);
+        if !self.config.train.use_momentum {
+            return Err(TrainError::Checkpoint {
+                path: self.dir.join("config.toml"),
+                message: "the run trained without a target network (train.use_momentum = false, the SimSiam variant); evaluate its online encoder".into(),
+            });
+        }
+        let mut last_error = None;
+        for (step, dir) in list_checkpoints(&self.dir) {
+            let attempt = read_state(&dir).and_then(|state| {
+                let path = dir.join("model.mpk");
+                let encoder = self.target_from_checkpoint::<B>(&path, device)?;
+                Ok(LoadedEncoder {
+                    encoder,
+                    weights: path,
+                    step: Some(state.step),
+                })
+            });
+            match attempt {
+                Ok(loaded) => return Ok(loaded),
+                Err(e) => {
+                    tracing::warn!(step, path = %dir.display(), "skipping an unusable checkpoint: {e}");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| TrainError::Checkpoint {
+            path: root,
+            message: "no checkpoint: the target network is saved only in checkpoints".into(),
+        }))
+    }
+
+    fn target_from_checkpoint<B: Backend>(
+        &self,
+        path: &Path,
+        device: &B::Device,
+    ) -> Result<ResNet<B>, TrainError> {
+        type Record<B> = <Byol<B, ResNet<B>> as Module<B>>::Record;
+        let record: Record<B> = load_record::<B, _>(path, device)?;
+        let [_, channels, _, _] = record.online.encoder.conv1.weight.val().dims();
+        let config = self.config.model.encoder_config(channels);
+        config.validate("model")?;
+        let byol = Byol::new(
+            config.init::<B>(device),
+            Some(config.init::<B>(device)),
+            &self.config.model.heads_config(),
+            device,
+        );
+        // a record without a target (a SimSiam run's) loads as `None`
+        byol.load_record(record)
+            .target
+            .map(|target| target.encoder)
+            .ok_or_else(|| TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                message: "holds no target network".into(),
+            })
     }
 }
 
@@ -173,6 +289,21 @@ mod tests {
             .load_encoder::<Flex>(&Default::default())
             .expect_err("no encoder.mpk");
         assert!(err.to_string().contains("encoder.mpk"), "{err}");
+    }
+
+    #[test]
+    fn a_run_without_checkpoints_has_no_target_and_says_where_it_looked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("config.toml"), "").expect("write");
+        let run = Run::open(dir.path()).expect("default config");
+        let err = run
+            .load_network::<Flex>(Network::Target, &Default::default())
+            .expect_err("no checkpoints");
+        let text = err.to_string();
+        assert!(
+            text.contains("checkpoints") && text.contains("no checkpoint"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use burn::backend::{Autodiff, Flex};
 use byol_data::{Dataset, IdxDataset, Split};
 use byol_eval::extract_features;
 use byol_train::checkpoint::{CHECKPOINTS, list_checkpoints, load_module};
-use byol_train::{PretrainOptions, RunConfig, StopSignal, TrainError};
+use byol_train::{Network, PretrainOptions, Run, RunConfig, StopSignal, TrainError, UseOptions};
 
 type B = Autodiff<Flex>;
 
@@ -172,6 +172,84 @@ fn short_run_lowers_loss_and_writes_a_usable_encoder() {
     assert!(
         values.iter().any(|v| *v != 0.0),
         "features should not be all zero"
+    );
+}
+
+/// Features of the first 64 sample test images.
+fn test_features(config: &RunConfig, encoder: &byol_model::ResNet<Flex>) -> Vec<f32> {
+    let test = IdxDataset::load_dir(sample_dir(), Split::Test).expect("sample loads");
+    extract_features(
+        encoder,
+        &test as &dyn Dataset,
+        64,
+        &config.augment.eval_transform(),
+        32,
+        &Default::default(),
+        &|_| {},
+    )
+    .expect("features")
+    .into_data()
+    .to_vec()
+    .expect("f32")
+}
+
+#[test]
+fn the_target_encoder_is_read_from_the_newest_checkpoint_and_evaluated() {
+    let out = tempfile::tempdir().expect("tempdir");
+    // a fast-moving average, so that target and online differ clearly
+    let config = config(&[
+        "train.epochs=1",
+        "train.max_steps=4",
+        "train.tau_base=0.5",
+        "eval.probe.epochs=5",
+    ]);
+    run(&config, out.path()).expect("run should finish");
+    let device = Default::default();
+    let run = Run::open(out.path()).expect("run folder");
+    let target = run
+        .load_network::<Flex>(Network::Target, &device)
+        .expect("the target loads");
+    let newest = &list_checkpoints(out.path())[0];
+    assert_eq!(target.step, Some(4));
+    assert_eq!(target.weights, newest.1.join("model.mpk"));
+    let online = run
+        .load_network::<Flex>(Network::Online, &device)
+        .expect("the online encoder loads");
+    assert_eq!(online.weights, out.path().join("encoder.mpk"));
+
+    // the same as the target network of the checkpoint loaded by hand, and
+    // not the online encoder
+    let encoder = config.model.encoder_config(1);
+    let byol = byol_model::Byol::new(
+        encoder.init::<Flex>(&device),
+        Some(encoder.init::<Flex>(&device)),
+        &config.model.heads_config(),
+        &device,
+    );
+    let byol = load_module(byol, &newest.1.join("model.mpk"), &device).expect("model.mpk loads");
+    let by_hand = byol.target.expect("a BYOL checkpoint has a target").encoder;
+    let t = test_features(&config, &target.encoder);
+    assert_eq!(t, test_features(&config, &by_hand));
+    assert_ne!(t, test_features(&config, &online.encoder));
+
+    let report = byol_train::evaluate_run::<B>(
+        &run,
+        Network::Target,
+        &config,
+        &device,
+        UseOptions::default(),
+    )
+    .expect("the target evaluates");
+    assert_eq!(report.step, Some(4));
+    assert!(report.knn.top1 > 0.3, "{report:?}");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("eval-target.json")).expect("eval-target.json"),
+    )
+    .expect("JSON");
+    assert_eq!(json["network"], "target");
+    assert!(
+        !out.path().join("eval.json").exists(),
+        "the online encoder's report is not overwritten"
     );
 }
 
@@ -364,6 +442,13 @@ fn variants_train_simsiam_group_norm_lars_and_concatenated_views() {
         let summary =
             run(&config(&all), out.path()).unwrap_or_else(|e| panic!("{overrides:?}: {e}"));
         assert_eq!(summary.steps, 3, "{overrides:?}");
+        if overrides.contains(&"train.use_momentum=false") {
+            let err = Run::open(out.path())
+                .expect("run folder")
+                .load_network::<Flex>(Network::Target, &Default::default())
+                .expect_err("SimSiam has no target");
+            assert!(err.to_string().contains("use_momentum"), "{err}");
+        }
         assert!(
             summary.final_loss.is_finite() && summary.final_loss <= 4.0,
             "{overrides:?}"
