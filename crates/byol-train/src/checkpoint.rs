@@ -181,6 +181,25 @@ pub fn list_checkpoints(run_dir: &Path) -> Vec<(usize, PathBuf)> {
     found
 }
 
+/// The newest checkpoint of a run whose `state.json` reads and that `load`
+/// accepts: its folder, state and what `load` made of it. Each checkpoint
+/// refused on the way (a partial write, a file of another model) is logged
+/// as a warning and skipped; `None` when none is usable.
+pub fn newest_usable<T>(
+    run_dir: &Path,
+    mut load: impl FnMut(&Path, &TrainState) -> Result<T, TrainError>,
+) -> Option<(PathBuf, TrainState, T)> {
+    list_checkpoints(run_dir).into_iter().find_map(|(_, dir)| {
+        match read_state(&dir).and_then(|state| Ok((load(&dir, &state)?, state))) {
+            Ok((loaded, state)) => Some((dir, state, loaded)),
+            Err(e) => {
+                tracing::warn!(path = %dir.display(), "skipping an unusable checkpoint: {e}");
+                None
+            }
+        }
+    })
+}
+
 /// Writes the checkpoint of `state.step`: `write` fills a temporary folder,
 /// `state.json` is added, everything is synced and the folder renamed into
 /// place; then all but the newest `keep` checkpoints are removed.

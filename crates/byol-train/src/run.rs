@@ -10,7 +10,7 @@ use byol_data::{Dataset, OpenOptions, Split, Subset};
 use byol_model::{Byol, ResNet};
 use serde::Serialize;
 
-use crate::checkpoint::{list_checkpoints, load_record, read_state};
+use crate::checkpoint::{load_record, newest_usable};
 use crate::{RunConfig, TrainError};
 
 /// Which of BYOL's two encoders to take from a run.
@@ -101,7 +101,7 @@ impl Run {
         if !path.is_file() {
             return Err(TrainError::Checkpoint {
                 path,
-                message: "no such file: the run has not finished (its checkpoints hold the networks so far; resume it with `cargo xtask pretrain --resume`)".into(),
+                message: "no such file: the run has not finished (its checkpoints hold the networks so far; resume it with `cargo xtask pretrain --resume`, or measure the target encoder of its newest checkpoint with `--network target`)".into(),
             });
         }
         let record: <ResNet<B> as Module<B>>::Record = load_record::<B, _>(&path, device)?;
@@ -158,29 +158,19 @@ impl Run {
                 message: "the run trained without a target network (train.use_momentum = false, the SimSiam variant); evaluate its online encoder".into(),
             });
         }
-        let mut last_error = None;
-        for (step, dir) in list_checkpoints(&self.dir) {
-            let attempt = read_state(&dir).and_then(|state| {
-                let path = dir.join("model.mpk");
-                let encoder = self.target_from_checkpoint::<B>(&path, device)?;
-                Ok(LoadedEncoder {
-                    encoder,
-                    weights: path,
-                    step: Some(state.step),
-                })
-            });
-            match attempt {
-                Ok(loaded) => return Ok(loaded),
-                Err(e) => {
-                    tracing::warn!(step, path = %dir.display(), "skipping an unusable checkpoint: {e}");
-                    last_error = Some(e);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| TrainError::Checkpoint {
+        newest_usable(&self.dir, |dir, _| {
+            self.target_from_checkpoint::<B>(&dir.join("model.mpk"), device)
+        })
+        .map(|(dir, state, encoder)| LoadedEncoder {
+            encoder,
+            weights: dir.join("model.mpk"),
+            step: Some(state.step),
+        })
+        .ok_or_else(|| TrainError::Checkpoint {
             path: root,
-            message: "no checkpoint: the target network is saved only in checkpoints".into(),
-        }))
+            message: "no usable checkpoint (the target network is saved only in checkpoints)"
+                .into(),
+        })
     }
 
     fn target_from_checkpoint<B: Backend>(
@@ -301,7 +291,7 @@ mod tests {
             .expect_err("no checkpoints");
         let text = err.to_string();
         assert!(
-            text.contains("checkpoints") && text.contains("no checkpoint"),
+            text.contains("checkpoints") && text.contains("no usable checkpoint"),
             "{text}"
         );
     }

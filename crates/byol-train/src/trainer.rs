@@ -17,8 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::checkpoint::{
-    TrainState, list_checkpoints, load_module, read_state, save_module, write_atomic,
-    write_checkpoint,
+    TrainState, load_module, newest_usable, save_module, write_atomic, write_checkpoint,
 };
 use crate::collapse::{CollapseMetrics, collapse_metrics};
 use crate::config::{LrSchedule, RunConfig};
@@ -515,28 +514,19 @@ pub fn pretrain<B: AutodiffBackend>(
 
     let settings = t.optimizer_settings();
     let (model, mut optimizers, mut state, mut metrics, resumed_from) = if options.resume {
-        let mut found = None;
-        for (step, dir) in list_checkpoints(out_dir) {
-            let attempt = read_state(&dir).and_then(|state| {
-                let model = load_module(
-                    new_model::<B>(config, channels, device, None)?,
-                    &dir.join("model.mpk"),
-                    device,
-                )?;
-                let optimizers = Optimizers::new(&settings).load(&dir, device)?;
-                Ok((model, optimizers, state))
-            });
-            match attempt {
-                Ok(loaded) => {
-                    tracing::info!(step, path = %dir.display(), "resuming");
-                    found = Some(loaded);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(path = %dir.display(), "skipping an unusable checkpoint: {e}")
-                }
-            }
-        }
+        let found = newest_usable(out_dir, |dir, _| {
+            let model = load_module(
+                new_model::<B>(config, channels, device, None)?,
+                &dir.join("model.mpk"),
+                device,
+            )?;
+            let optimizers = Optimizers::new(&settings).load(dir, device)?;
+            Ok((model, optimizers))
+        })
+        .map(|(dir, state, (model, optimizers))| {
+            tracing::info!(step = state.step, path = %dir.display(), "resuming");
+            (model, optimizers, state)
+        });
         let (model, optimizers, state) = found.ok_or_else(|| {
             TrainError::Resume(format!(
                 "{}: no usable checkpoint in {}",
