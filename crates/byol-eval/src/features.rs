@@ -33,13 +33,15 @@ pub fn labels(dataset: &dyn Dataset, limit: usize) -> Result<Vec<u32>, EvalError
 
 /// Runs `per_batch` on the evaluation-transformed images of the first
 /// `limit` samples, `batch_size` at a time, decoding in parallel; calls
-/// `progress(done)` after each batch.
+/// `progress(done)` after each batch, and gives up with
+/// [`EvalError::Stopped`] when `stop()` says so before a batch.
 fn transformed_batches<T>(
     dataset: &dyn Dataset,
     limit: usize,
     transform: &EvalTransform,
     batch_size: usize,
     progress: &dyn Fn(usize),
+    stop: &dyn Fn() -> bool,
     mut per_batch: impl FnMut(Vec<f32>, usize) -> Result<T, EvalError>,
 ) -> Result<Vec<T>, EvalError> {
     if batch_size == 0 {
@@ -53,6 +55,9 @@ fn transformed_batches<T>(
     let mut out = Vec::with_capacity(n.div_ceil(batch_size));
     let mut start = 0;
     while start < n {
+        if stop() {
+            return Err(EvalError::Stopped);
+        }
         let end = (start + batch_size).min(n);
         let images: Vec<Image> = (start..end)
             .into_par_iter()
@@ -87,6 +92,58 @@ pub fn extract_features<B: Backend, E: Encoder<B>>(
     device: &B::Device,
     progress: &dyn Fn(usize),
 ) -> Result<Tensor<B, 2>, EvalError> {
+    features_of(
+        encoder,
+        dataset,
+        limit,
+        transform,
+        batch_size,
+        device,
+        progress,
+        &|| false,
+    )
+}
+
+/// [`extract_features`] without progress reports that can be called off:
+/// `stop()` is asked before each batch, and when it says so the work ends
+/// with [`EvalError::Stopped`] (a long evaluation inside a training run
+/// that was asked to stop).
+///
+/// # Errors
+///
+/// As [`extract_features`], and [`EvalError::Stopped`].
+pub fn extract_features_unless<B: Backend, E: Encoder<B>>(
+    encoder: &E,
+    dataset: &dyn Dataset,
+    limit: usize,
+    transform: &EvalTransform,
+    batch_size: usize,
+    device: &B::Device,
+    stop: &dyn Fn() -> bool,
+) -> Result<Tensor<B, 2>, EvalError> {
+    features_of(
+        encoder,
+        dataset,
+        limit,
+        transform,
+        batch_size,
+        device,
+        &|_| {},
+        stop,
+    )
+}
+
+#[allow(clippy::too_many_arguments)] // private; the two public entries above have fewer
+fn features_of<B: Backend, E: Encoder<B>>(
+    encoder: &E,
+    dataset: &dyn Dataset,
+    limit: usize,
+    transform: &EvalTransform,
+    batch_size: usize,
+    device: &B::Device,
+    progress: &dyn Fn(usize),
+    stop: &dyn Fn() -> bool,
+) -> Result<Tensor<B, 2>, EvalError> {
     let (c, s) = (dataset.channels(), transform.size);
     let chunks = transformed_batches(
         dataset,
@@ -94,6 +151,7 @@ pub fn extract_features<B: Backend, E: Encoder<B>>(
         transform,
         batch_size,
         progress,
+        stop,
         |pixels, n| {
             let x = Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([n, c, s, s]);
             Ok(encoder.encode(x))
@@ -132,6 +190,7 @@ pub fn for_each_feature_batch<B: Backend, E: Encoder<B>>(
         transform,
         batch_size,
         &|_| {},
+        &|| false,
         |pixels, n| {
             let x = Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([n, c, s, s]);
             let values: Vec<f32> = encoder
@@ -168,9 +227,15 @@ pub fn pixel_features<B: Backend>(
         ..transform.clone()
     };
     let d = dataset.channels() * plain.size * plain.size;
-    let chunks = transformed_batches(dataset, limit, &plain, batch_size, &|_| {}, |pixels, n| {
-        Ok(Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([n, d]))
-    })?;
+    let chunks = transformed_batches(
+        dataset,
+        limit,
+        &plain,
+        batch_size,
+        &|_| {},
+        &|| false,
+        |pixels, n| Ok(Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([n, d])),
+    )?;
     if chunks.is_empty() {
         return Ok(Tensor::zeros([0, d], device));
     }
@@ -196,6 +261,36 @@ mod tests {
             "test",
         )
         .expect("as many labels as images")
+    }
+
+    #[test]
+    fn feature_extraction_stops_when_asked_and_not_otherwise() {
+        use std::cell::Cell;
+        let ds = dataset();
+        let t = EvalTransform {
+            size: 4,
+            resize: 0,
+            mean: vec![0.5],
+            std: vec![0.25],
+        };
+        let device = Default::default();
+        let encoder = byol_model::ResNetConfig::small().init::<Flex>(&device);
+        let all = extract_features(&encoder, &ds, 0, &t, 2, &device, &|_| {}).expect("features");
+        let never =
+            extract_features_unless(&encoder, &ds, 0, &t, 2, &device, &|| false).expect("features");
+        assert_eq!(never.dims(), [5, 128]);
+        assert_eq!(
+            never.into_data().to_vec::<f32>().expect("f32"),
+            all.into_data().to_vec::<f32>().expect("f32")
+        );
+        // asked before each of the three batches; says stop at the second
+        let asked = Cell::new(0);
+        let stopped = extract_features_unless(&encoder, &ds, 0, &t, 2, &device, &|| {
+            asked.set(asked.get() + 1);
+            asked.get() == 2
+        });
+        assert!(matches!(stopped, Err(EvalError::Stopped)), "{stopped:?}");
+        assert_eq!(asked.get(), 2, "no batch after the stop");
     }
 
     #[test]

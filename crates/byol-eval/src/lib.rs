@@ -74,7 +74,8 @@ mod probe;
 pub use byol_augment::EvalTransform;
 pub use embeddings::{EmbeddingFormat, EmbeddingWriter};
 pub use features::{
-    extract_features, for_each_feature_batch, labels, pixel_features, sample_count,
+    extract_features, extract_features_unless, for_each_feature_batch, labels, pixel_features,
+    sample_count,
 };
 pub use knn::{KnnAccuracy, KnnConfig, knn_classify};
 pub use probe::{ProbeConfig, ProbeOptimizer, ProbeResult, linear_probe};
@@ -102,6 +103,9 @@ pub enum EvalError {
         /// What is accepted.
         expected: String,
     },
+    /// The work was called off before it ended (a stop request).
+    #[error("stopped on request before the evaluation ended")]
+    Stopped,
     /// A dataset has no label where evaluation needs one.
     #[error("{0}: no label (kNN and linear probes need a labelled dataset)")]
     Unlabelled(String),

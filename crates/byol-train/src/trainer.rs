@@ -11,7 +11,9 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use byol_data::{DataError, Dataset, OpenOptions, Split, Subset};
-use byol_eval::{KnnAccuracy, extract_features, knn_classify, labels, pixel_features};
+use byol_eval::{
+    EvalError, KnnAccuracy, extract_features_unless, knn_classify, labels, pixel_features,
+};
 use byol_model::{Byol, Encoder, ForwardOptions, ResNet};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -308,30 +310,46 @@ fn optional(
     }
 }
 
-/// kNN accuracy of `features` (raw pixels when `encoder` is `None`).
+/// Weighted-kNN accuracy of `encoder`'s features (raw pixels when `None`)
+/// on the run's kNN data; `None` when `stop` is requested before the
+/// features are complete, so that a stop does not wait for a long
+/// evaluation.
 fn knn_eval<B: Backend, E: Encoder<B>>(
     encoder: Option<&E>,
     knn: &KnnData,
     config: &RunConfig,
     device: &B::Device,
-) -> Result<KnnAccuracy, TrainError> {
+    stop: &StopSignal,
+) -> Result<Option<KnnAccuracy>, TrainError> {
     let transform = config.augment.eval_transform();
     let batch = config.eval.batch_size;
-    let features = |ds: &dyn Dataset| -> Result<Tensor<B, 2>, TrainError> {
-        Ok(match encoder {
-            Some(e) => extract_features(e, ds, 0, &transform, batch, device, &|_| {})?,
-            None => pixel_features(ds, 0, &transform, batch, device)?,
-        })
+    let features = |ds: &dyn Dataset| -> Result<Option<Tensor<B, 2>>, TrainError> {
+        let computed = match encoder {
+            Some(e) => {
+                extract_features_unless(e, ds, 0, &transform, batch, device, &|| stop.requested())
+            }
+            None if stop.requested() => Err(EvalError::Stopped),
+            None => pixel_features(ds, 0, &transform, batch, device),
+        };
+        match computed {
+            Ok(f) => Ok(Some(f)),
+            Err(EvalError::Stopped) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     };
-    let bank = features(&*knn.bank)?;
-    let queries = features(&*knn.queries)?;
-    Ok(knn_classify(
+    let Some(bank) = features(&*knn.bank)? else {
+        return Ok(None);
+    };
+    let Some(queries) = features(&*knn.queries)? else {
+        return Ok(None);
+    };
+    Ok(Some(knn_classify(
         bank,
         &knn.bank_labels,
         queries,
         &knn.query_labels,
         &config.eval.knn,
-    )?)
+    )?))
 }
 
 fn create_dir(path: &Path) -> Result<(), TrainError> {
@@ -577,14 +595,28 @@ pub fn pretrain<B: AutodiffBackend>(
             data_wait_seconds: 0.0,
         };
         if let Some(knn) = &data.knn {
-            let raw =
-                knn_eval::<B::InnerBackend, ResNet<B::InnerBackend>>(None, knn, config, device)?;
-            log_knn(&mut metrics, "raw_pixels", 0, 0, raw)?;
-            let random = knn_eval(Some(&model.online.encoder.valid()), knn, config, device)?;
-            log_knn(&mut metrics, "random_init", 0, 0, random)?;
-            state.knn_raw_pixels = Some(raw);
-            state.knn_random_init = Some(random);
-            state.knn_trained = Some(random);
+            // a stop requested here skips the baselines; the loop then stops
+            // after its first step
+            let stop = &options.stop;
+            let raw = knn_eval::<B::InnerBackend, ResNet<B::InnerBackend>>(
+                None, knn, config, device, stop,
+            )?;
+            if let Some(raw) = raw {
+                log_knn(&mut metrics, "raw_pixels", 0, 0, raw)?;
+                state.knn_raw_pixels = Some(raw);
+            }
+            let random = knn_eval(
+                Some(&model.online.encoder.valid()),
+                knn,
+                config,
+                device,
+                stop,
+            )?;
+            if let Some(random) = random {
+                log_knn(&mut metrics, "random_init", 0, 0, random)?;
+                state.knn_random_init = Some(random);
+                state.knn_trained = Some(random);
+            }
         }
         (model, Optimizers::new(&settings), state, metrics, None)
     };
@@ -781,11 +813,18 @@ pub fn pretrain<B: AutodiffBackend>(
                     if let Some(knn) = &data.knn
                         && (epoch % config.eval.every_epochs == 0 || state.step == total_steps)
                     {
+                        let encoder = model.online.encoder.valid();
                         let acc = bar.suspend(|| {
-                            knn_eval(Some(&model.online.encoder.valid()), knn, config, device)
+                            knn_eval(Some(&encoder), knn, config, device, &options.stop)
                         })?;
-                        bar.suspend(|| log_knn(&mut metrics, "epoch", epoch, state.step, acc))?;
-                        state.knn_trained = Some(acc);
+                        if let Some(acc) = acc {
+                            bar.suspend(|| log_knn(&mut metrics, "epoch", epoch, state.step, acc))?;
+                            state.knn_trained = Some(acc);
+                        } else {
+                            bar.suspend(|| {
+                                tracing::info!("kNN of epoch {epoch} skipped: a stop was requested")
+                            });
+                        }
                     }
                     state.epoch_loss_sum = 0.0;
                     state.epoch_steps = 0;

@@ -359,6 +359,55 @@ fn copy_run(from: &Path, to: &Path, last_checkpoint: usize, log_step: u64) -> Ve
 }
 
 #[test]
+fn a_stop_skips_the_knn_evaluations_instead_of_waiting_for_them() {
+    // one step an epoch: the first step ends an epoch, so a stop requested
+    // from the start meets the baselines, then an epoch-end kNN
+    let config = config(&["data.train_limit=64", "train.epochs=3"]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let stop = StopSignal::default();
+    stop.request();
+    let err = byol_train::pretrain::<B>(
+        &config,
+        out.path(),
+        &Default::default(),
+        PretrainOptions {
+            stop,
+            ..Default::default()
+        },
+    )
+    .expect_err("the stop request ends the run early");
+    assert!(
+        matches!(
+            err,
+            TrainError::Interrupted {
+                step: 1,
+                total: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(list_checkpoints(out.path())[0].0, 1);
+    let knn = |dir: &Path| -> Vec<(String, u64)> {
+        records(dir)
+            .iter()
+            .filter(|r| r["kind"] == "knn")
+            .map(|r| {
+                let model = r["model"].as_str().expect("model name").to_string();
+                (model, r["epoch"].as_u64().expect("epoch"))
+            })
+            .collect()
+    };
+    assert_eq!(knn(out.path()), [], "no evaluation ran");
+    resume(&config, out.path()).expect("resumed after the stop");
+    // the skipped evaluations stay skipped; the later epochs are evaluated
+    assert_eq!(
+        knn(out.path()),
+        [("epoch".to_string(), 2), ("epoch".to_string(), 3)]
+    );
+}
+
+#[test]
 fn an_unusable_newest_checkpoint_falls_back_to_the_one_before() {
     let config = config(&[
         "train.epochs=2",
