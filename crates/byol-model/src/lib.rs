@@ -28,6 +28,7 @@ mod byol;
 mod head;
 mod norm;
 mod resnet;
+mod rng;
 pub mod torchvision;
 
 pub use block::{BasicBlock, Block, Bottleneck, Downsample, NormSpec};
@@ -35,6 +36,7 @@ pub use byol::{Byol, ByolOutput, ForwardOptions, HeadsConfig, OnlineNetwork, Tar
 pub use head::{MlpHead, MlpHeadConfig};
 pub use norm::{Identity, Norm, NormKind, batch_norm, conv_forward, group_norm};
 pub use resnet::{BlockKind, ResNet, ResNetConfig, Stage, Stem};
+pub use rng::{materialize, seeded};
 
 use burn::prelude::*;
 

@@ -183,12 +183,17 @@ impl Run {
         let [_, channels, _, _] = record.online.encoder.conv1.weight.val().dims();
         let config = self.config.model.encoder_config(channels);
         config.validate("model")?;
-        let byol = Byol::new(
-            config.init::<B>(device),
-            Some(config.init::<B>(device)),
-            &self.config.model.heads_config(),
-            device,
-        );
+        // the skeleton's own weights are drawn (then replaced): under the
+        // guard, so as not to disturb a run initialising beside it
+        let byol = {
+            let _generator = byol_model::seeded::<B>(device, self.config.seed);
+            Byol::new(
+                config.init::<B>(device),
+                Some(config.init::<B>(device)),
+                &self.config.model.heads_config(),
+                device,
+            )
+        };
         // a record without a target (a SimSiam run's) loads as `None`
         byol.load_record(record)
             .target

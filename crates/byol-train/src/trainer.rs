@@ -419,7 +419,8 @@ fn resume_conflicts(a: &RunConfig, b: &RunConfig) -> Result<Vec<String>, TrainEr
         .collect())
 }
 
-/// The networks of a run, freshly initialised from the seed; with
+/// The networks of a run, freshly initialised from the seed (under
+/// [`byol_model::seeded`], every parameter materialised); with
 /// `init_from`, the online encoder then takes those torchvision-keyed
 /// weights, before `Byol::new` copies it into the target.
 fn new_model<B: AutodiffBackend>(
@@ -428,7 +429,9 @@ fn new_model<B: AutodiffBackend>(
     device: &B::Device,
     init_from: Option<&Path>,
 ) -> Result<Byol<B, ResNet<B>>, TrainError> {
-    B::seed(device, config.seed);
+    // under the guard, every weight is drawn now from the run's seed alone,
+    // even with other runs initialising in the process at the same time
+    let _generator = byol_model::seeded::<B>(device, config.seed);
     let encoder = config.model.encoder_config(channels);
     let mut online = encoder.init(device);
     let target = config.train.use_momentum.then(|| encoder.init(device));
@@ -437,12 +440,9 @@ fn new_model<B: AutodiffBackend>(
             .map_err(TrainError::InitFrom)?;
         tracing::info!(path = %path.display(), "encoder initialised from model.init_from");
     }
-    Ok(Byol::new(
-        online,
-        target,
-        &config.model.heads_config(),
-        device,
-    ))
+    let model = Byol::new(online, target, &config.model.heads_config(), device);
+    byol_model::materialize(&model);
+    Ok(model)
 }
 
 /// `model.init_from` when set, checked to be a file.
