@@ -50,6 +50,24 @@ fn resume(config: &RunConfig, out: &Path) -> Result<byol_train::RunSummary, Trai
     )
 }
 
+/// A run (`resume`: resumed) asked to stop before it starts, as by Ctrl-C;
+/// the error it ends with.
+fn stopped_at_once(config: &RunConfig, out: &Path, resume: bool) -> TrainError {
+    let stop = StopSignal::default();
+    stop.request();
+    byol_train::pretrain::<B>(
+        config,
+        out,
+        &Default::default(),
+        PretrainOptions {
+            resume,
+            stop,
+            ..Default::default()
+        },
+    )
+    .expect_err("the stop request ends the run early")
+}
+
 fn records(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .expect("metrics.jsonl should exist")
@@ -294,25 +312,10 @@ fn a_resumed_run_ends_exactly_as_an_uninterrupted_one() {
 
     // the same run resumed from step 4 and asked to stop (Ctrl-C) at once:
     // it ends step 5, saves it although 5 is no multiple of
-    // checkpoint_every, and a second resume reaches the same end. (Resumed
-    // from a copied checkpoint, not started afresh: a fresh start draws its
-    // initial weights from the backend's global RNG, which the tests running
-    // beside this one in the process also draw from.)
+    // checkpoint_every, and a second resume reaches the same end
     let stopped = tempfile::tempdir().expect("tempdir");
     copy_run(full.path(), stopped.path(), 4, 4);
-    let stop = StopSignal::default();
-    stop.request();
-    let err = byol_train::pretrain::<B>(
-        &config,
-        stopped.path(),
-        &Default::default(),
-        PretrainOptions {
-            resume: true,
-            stop,
-            ..Default::default()
-        },
-    )
-    .expect_err("the stop request ends the run early");
+    let err = stopped_at_once(&config, stopped.path(), true);
     assert!(
         matches!(
             err,
@@ -389,18 +392,7 @@ fn a_stop_skips_the_knn_evaluations_instead_of_waiting_for_them() {
     // from the start meets the baselines, then an epoch-end kNN
     let config = config(&["data.train_limit=64", "train.epochs=3"]);
     let out = tempfile::tempdir().expect("tempdir");
-    let stop = StopSignal::default();
-    stop.request();
-    let err = byol_train::pretrain::<B>(
-        &config,
-        out.path(),
-        &Default::default(),
-        PretrainOptions {
-            stop,
-            ..Default::default()
-        },
-    )
-    .expect_err("the stop request ends the run early");
+    let err = stopped_at_once(&config, out.path(), false);
     assert!(
         matches!(
             err,
