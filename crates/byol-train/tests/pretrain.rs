@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::Tensor;
 use byol_data::{Dataset, IdxDataset, Split};
 use byol_eval::extract_features;
 use byol_train::checkpoint::{CHECKPOINTS, list_checkpoints, load_module};
@@ -172,18 +173,7 @@ fn short_run_lowers_loss_and_writes_a_usable_encoder() {
     let fresh = config.model.encoder_config(1).init::<Flex>(&device);
     let encoder =
         load_module(fresh, &out.path().join("encoder.mpk"), &device).expect("encoder.mpk loads");
-    let test = IdxDataset::load_dir(sample_dir(), Split::Test).expect("sample loads");
-    let transform = config.augment.eval_transform();
-    let features = extract_features(
-        &encoder,
-        &test as &dyn Dataset,
-        64,
-        &transform,
-        32,
-        &device,
-        &|_| {},
-    )
-    .expect("features");
+    let features = test_features(&config, &encoder);
     assert_eq!(features.dims(), [64, 128]);
     let values = features.into_data().to_vec::<f32>().expect("f32");
     assert!(values.iter().all(|v| v.is_finite()));
@@ -194,7 +184,7 @@ fn short_run_lowers_loss_and_writes_a_usable_encoder() {
 }
 
 /// Features of the first 64 sample test images.
-fn test_features(config: &RunConfig, encoder: &byol_model::ResNet<Flex>) -> Vec<f32> {
+fn test_features(config: &RunConfig, encoder: &byol_model::ResNet<Flex>) -> Tensor<Flex, 2> {
     let test = IdxDataset::load_dir(sample_dir(), Split::Test).expect("sample loads");
     extract_features(
         encoder,
@@ -206,9 +196,6 @@ fn test_features(config: &RunConfig, encoder: &byol_model::ResNet<Flex>) -> Vec<
         &|_| {},
     )
     .expect("features")
-    .into_data()
-    .to_vec()
-    .expect("f32")
 }
 
 #[test]
@@ -250,9 +237,10 @@ fn the_target_encoder_is_read_from_the_newest_checkpoint_and_evaluated() {
     };
     let byol = load_module(byol, &newest.1.join("model.mpk"), &device).expect("model.mpk loads");
     let by_hand = byol.target.expect("a BYOL checkpoint has a target").encoder;
-    let t = test_features(&config, &target.encoder);
-    assert_eq!(t, test_features(&config, &by_hand));
-    assert_ne!(t, test_features(&config, &online.encoder));
+    let values = |e| -> Vec<f32> { test_features(&config, e).into_data().to_vec().expect("f32") };
+    let t = values(&target.encoder);
+    assert_eq!(t, values(&by_hand));
+    assert_ne!(t, values(&online.encoder));
 
     let report = byol_train::evaluate_run::<B>(
         &run,
