@@ -181,16 +181,16 @@ pub fn list_checkpoints(run_dir: &Path) -> Vec<(usize, PathBuf)> {
     found
 }
 
-/// The newest checkpoint of a run whose `state.json` reads and that `load`
-/// accepts: its folder, state and what `load` made of it. Each checkpoint
+/// The newest checkpoint of a run whose `state.json` reads and whose folder
+/// `load` accepts: its folder, state and what `load` made of it. Each checkpoint
 /// refused on the way (a partial write, a file of another model) is logged
 /// as a warning and skipped; `None` when none is usable.
 pub fn newest_usable<T>(
     run_dir: &Path,
-    mut load: impl FnMut(&Path, &TrainState) -> Result<T, TrainError>,
+    mut load: impl FnMut(&Path) -> Result<T, TrainError>,
 ) -> Option<(PathBuf, TrainState, T)> {
     list_checkpoints(run_dir).into_iter().find_map(|(_, dir)| {
-        match read_state(&dir).and_then(|state| Ok((load(&dir, &state)?, state))) {
+        match read_state(&dir).and_then(|state| Ok((load(&dir)?, state))) {
             Ok((loaded, state)) => Some((dir, state, loaded)),
             Err(e) => {
                 tracing::warn!(path = %dir.display(), "skipping an unusable checkpoint: {e}");

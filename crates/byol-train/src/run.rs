@@ -158,7 +158,7 @@ impl Run {
                 message: "the run trained without a target network (train.use_momentum = false, the SimSiam variant); evaluate its online encoder".into(),
             });
         }
-        newest_usable(&self.dir, |dir, _| {
+        newest_usable(&self.dir, |dir| {
             self.target_from_checkpoint::<B>(&dir.join("model.mpk"), device)
         })
         .map(|(dir, state, encoder)| LoadedEncoder {

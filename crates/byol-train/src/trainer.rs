@@ -532,7 +532,7 @@ pub fn pretrain<B: AutodiffBackend>(
 
     let settings = t.optimizer_settings();
     let (model, mut optimizers, mut state, mut metrics, resumed_from) = if options.resume {
-        let found = newest_usable(out_dir, |dir, _| {
+        let found = newest_usable(out_dir, |dir| {
             let model = load_module(
                 new_model::<B>(config, channels, device, None)?,
                 &dir.join("model.mpk"),
