@@ -79,17 +79,22 @@ fn wait_for_checkpoint(child: &mut Child, dir: &Path, step: usize) {
     }
 }
 
-/// `pretrain --resume dir`, which must succeed.
-fn resume(dir: &Path) {
-    let out = xtask()
-        .args(["pretrain", "--no-progress", "--resume"])
-        .arg(dir)
-        .output()
-        .expect("xtask resumes");
+/// Runs `command` to its end; it must succeed.
+fn succeeds(command: &mut Command) {
+    let out = command.output().expect("xtask runs");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `pretrain --resume dir`, which must succeed.
+fn resume(dir: &Path) {
+    succeeds(
+        xtask()
+            .args(["pretrain", "--no-progress", "--resume"])
+            .arg(dir),
     );
 }
 
@@ -98,15 +103,7 @@ fn a_run_killed_or_interrupted_mid_epoch_and_resumed_matches_an_uninterrupted_ru
     let root = tempfile::tempdir().expect("tempdir");
     let (full, killed) = (root.path().join("full"), root.path().join("killed"));
 
-    let out = xtask()
-        .args(pretrain_args(&full))
-        .output()
-        .expect("xtask runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(xtask().args(pretrain_args(&full)));
 
     // kill the second run once the checkpoint of step 8 (mid-epoch 2) exists
     let mut child = xtask()
