@@ -209,17 +209,19 @@ pub fn for_each_feature_batch<B: Backend, E: Encoder<B>>(
 
 /// Raw pixels in [0, 1] after the geometric part of `transform` (resize and
 /// centre crop, no normalisation), one row per image: the baseline a
-/// learned representation has to beat.
+/// learned representation has to beat. `stop` is asked before each batch,
+/// as in [`extract_features_unless`].
 ///
 /// # Errors
 ///
-/// As [`extract_features`].
+/// As [`extract_features_unless`].
 pub fn pixel_features<B: Backend>(
     dataset: &dyn Dataset,
     limit: usize,
     transform: &EvalTransform,
     batch_size: usize,
     device: &B::Device,
+    stop: &dyn Fn() -> bool,
 ) -> Result<Tensor<B, 2>, EvalError> {
     let plain = EvalTransform {
         mean: vec![0.0],
@@ -233,7 +235,7 @@ pub fn pixel_features<B: Backend>(
         &plain,
         batch_size,
         &|_| {},
-        &|| false,
+        stop,
         |pixels, n| Ok(Tensor::<B, 1>::from_floats(pixels.as_slice(), device).reshape([n, d])),
     )?;
     if chunks.is_empty() {
@@ -285,10 +287,39 @@ mod tests {
         );
         // asked before each of the three batches; says stop at the second
         let asked = Cell::new(0);
-        let stopped = extract_features_unless(&encoder, &ds, 0, &t, 2, &device, &|| {
+        let stopped =
+            extract_features_unless(&encoder, &ds, 0, &t, 2, &device, &second_ask_stops(&asked));
+        assert!(matches!(stopped, Err(EvalError::Stopped)), "{stopped:?}");
+        assert_eq!(asked.get(), 2, "no batch after the stop");
+    }
+
+    /// A stop flag that counts the times it is asked and says stop at the
+    /// second.
+    fn second_ask_stops(asked: &std::cell::Cell<usize>) -> impl Fn() -> bool + '_ {
+        move || {
             asked.set(asked.get() + 1);
             asked.get() == 2
-        });
+        }
+    }
+
+    #[test]
+    fn pixel_features_stop_between_batches() {
+        let ds = dataset();
+        let t = EvalTransform {
+            size: 4,
+            resize: 0,
+            mean: vec![0.5],
+            std: vec![0.25],
+        };
+        let asked = std::cell::Cell::new(0);
+        let stopped = pixel_features::<Flex>(
+            &ds,
+            0,
+            &t,
+            2,
+            &Default::default(),
+            &second_ask_stops(&asked),
+        );
         assert!(matches!(stopped, Err(EvalError::Stopped)), "{stopped:?}");
         assert_eq!(asked.get(), 2, "no batch after the stop");
     }
@@ -302,7 +333,8 @@ mod tests {
             mean: vec![0.5],
             std: vec![0.25],
         };
-        let f = pixel_features::<Flex>(&ds, 3, &t, 2, &Default::default()).expect("features");
+        let f = pixel_features::<Flex>(&ds, 3, &t, 2, &Default::default(), &|| false)
+            .expect("features");
         assert_eq!(f.dims(), [3, 16]);
         let v: Vec<f32> = f.into_data().to_vec().expect("f32");
         let expected: Vec<f32> = ds.images.pixels[..48]

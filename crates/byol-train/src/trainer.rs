@@ -324,12 +324,10 @@ fn knn_eval<B: Backend, E: Encoder<B>>(
     let transform = config.augment.eval_transform();
     let batch = config.eval.batch_size;
     let features = |ds: &dyn Dataset| -> Result<Option<Tensor<B, 2>>, TrainError> {
+        let stopped = || stop.requested();
         let computed = match encoder {
-            Some(e) => {
-                extract_features_unless(e, ds, 0, &transform, batch, device, &|| stop.requested())
-            }
-            None if stop.requested() => Err(EvalError::Stopped),
-            None => pixel_features(ds, 0, &transform, batch, device),
+            Some(e) => extract_features_unless(e, ds, 0, &transform, batch, device, &stopped),
+            None => pixel_features(ds, 0, &transform, batch, device, &stopped),
         };
         match computed {
             Ok(f) => Ok(Some(f)),
