@@ -250,6 +250,16 @@ mod tests {
     use burn::backend::Flex;
     use byol_data::{IdxDataset, ImageSet};
 
+    /// The 4×4 images as they are, normalised by (0.5, 0.25).
+    fn transform() -> EvalTransform {
+        EvalTransform {
+            size: 4,
+            resize: 0,
+            mean: vec![0.5],
+            std: vec![0.25],
+        }
+    }
+
     fn dataset() -> IdxDataset {
         let pixels: Vec<u8> = (0..5 * 4 * 4).map(|i| (i * 7 % 256) as u8).collect();
         IdxDataset::new(
@@ -269,12 +279,7 @@ mod tests {
     fn feature_extraction_stops_when_asked_and_not_otherwise() {
         use std::cell::Cell;
         let ds = dataset();
-        let t = EvalTransform {
-            size: 4,
-            resize: 0,
-            mean: vec![0.5],
-            std: vec![0.25],
-        };
+        let t = transform();
         let device = Default::default();
         let encoder = byol_model::ResNetConfig::small().init::<Flex>(&device);
         let all = extract_features(&encoder, &ds, 0, &t, 2, &device, &|_| {}).expect("features");
@@ -305,12 +310,7 @@ mod tests {
     #[test]
     fn pixel_features_stop_between_batches() {
         let ds = dataset();
-        let t = EvalTransform {
-            size: 4,
-            resize: 0,
-            mean: vec![0.5],
-            std: vec![0.25],
-        };
+        let t = transform();
         let asked = std::cell::Cell::new(0);
         let stopped = pixel_features::<Flex>(
             &ds,
@@ -327,12 +327,7 @@ mod tests {
     #[test]
     fn pixel_features_are_the_pixels_scaled_to_unit_range() {
         let ds = dataset();
-        let t = EvalTransform {
-            size: 4,
-            resize: 0,
-            mean: vec![0.5],
-            std: vec![0.25],
-        };
+        let t = transform();
         let f = pixel_features::<Flex>(&ds, 3, &t, 2, &Default::default(), &|| false)
             .expect("features");
         assert_eq!(f.dims(), [3, 16]);
