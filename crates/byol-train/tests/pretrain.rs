@@ -35,15 +35,23 @@ fn config(overrides: &[&str]) -> RunConfig {
     RunConfig::load(None, &all).expect("test config should be valid")
 }
 
+/// `byol_train::pretrain` on the default device with `options`.
+fn pretrain_with(
+    config: &RunConfig,
+    out: &Path,
+    options: PretrainOptions,
+) -> Result<byol_train::RunSummary, TrainError> {
+    byol_train::pretrain::<B>(config, out, &Default::default(), options)
+}
+
 fn run(config: &RunConfig, out: &Path) -> Result<byol_train::RunSummary, TrainError> {
-    byol_train::pretrain::<B>(config, out, &Default::default(), PretrainOptions::default())
+    pretrain_with(config, out, PretrainOptions::default())
 }
 
 fn resume(config: &RunConfig, out: &Path) -> Result<byol_train::RunSummary, TrainError> {
-    byol_train::pretrain::<B>(
+    pretrain_with(
         config,
         out,
-        &Default::default(),
         PretrainOptions {
             resume: true,
             ..Default::default()
@@ -56,10 +64,9 @@ fn resume(config: &RunConfig, out: &Path) -> Result<byol_train::RunSummary, Trai
 fn stopped_at_once(config: &RunConfig, out: &Path, resume: bool) -> TrainError {
     let stop = StopSignal::default();
     stop.request();
-    byol_train::pretrain::<B>(
+    pretrain_with(
         config,
         out,
-        &Default::default(),
         PretrainOptions {
             resume,
             stop,
