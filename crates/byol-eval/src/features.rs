@@ -247,6 +247,8 @@ pub fn pixel_features<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
     use burn::backend::Flex;
     use byol_data::{IdxDataset, ImageSet};
 
@@ -277,7 +279,6 @@ mod tests {
 
     #[test]
     fn feature_extraction_stops_when_asked_and_not_otherwise() {
-        use std::cell::Cell;
         let ds = dataset();
         let t = transform();
         let device = Default::default();
@@ -300,7 +301,7 @@ mod tests {
 
     /// A stop flag that counts the times it is asked and says stop at the
     /// second.
-    fn second_ask_stops(asked: &std::cell::Cell<usize>) -> impl Fn() -> bool + '_ {
+    fn second_ask_stops(asked: &Cell<usize>) -> impl Fn() -> bool + '_ {
         move || {
             asked.set(asked.get() + 1);
             asked.get() == 2
@@ -311,7 +312,7 @@ mod tests {
     fn pixel_features_stop_between_batches() {
         let ds = dataset();
         let t = transform();
-        let asked = std::cell::Cell::new(0);
+        let asked = Cell::new(0);
         let stopped = pixel_features::<Flex>(
             &ds,
             0,
