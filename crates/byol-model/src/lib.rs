@@ -25,6 +25,7 @@
 
 mod block;
 mod byol;
+pub mod fast_conv;
 mod head;
 mod norm;
 mod resnet;

@@ -21,12 +21,15 @@
 //! both libraries do.
 
 use burn::module::Module;
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
+
+use crate::fast_conv::conv2d_no_bias;
 
 /// The normalisation of the encoder's convolutions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,23 +151,31 @@ pub fn conv_forward<B: Backend>(
     x: Tensor<B, 4>,
     standardize: bool,
 ) -> Tensor<B, 4> {
-    if !standardize {
-        return conv.forward(x);
-    }
-    let w = conv.weight.val();
-    let [out, inp, kh, kw] = w.dims();
-    let flat = w.reshape([out, inp * kh * kw]);
-    let mean = flat.clone().mean_dim(1);
-    let centered = flat - mean;
-    let var = centered.clone().square().mean_dim(1);
-    let w = (centered / var.add_scalar(1e-5).sqrt()).reshape([out, inp, kh, kw]);
     let options = ConvOptions::new(
         conv.stride,
         [conv.kernel_size[0] / 2, conv.kernel_size[1] / 2],
         conv.dilation,
         conv.groups,
     );
-    conv2d(x, w, conv.bias.as_ref().map(|b| b.val()), options)
+    let w = conv.weight.val();
+    if !standardize {
+        // this crate's convolutions: no bias, `kernel / 2` on every side
+        let [p_h, p_w] = options.padding;
+        if conv.bias.is_none() && conv.padding == PaddingConfig2d::Explicit(p_h, p_w, p_h, p_w) {
+            return conv2d_no_bias(x, w, options);
+        }
+        return conv.forward(x);
+    }
+    let [out, inp, kh, kw] = w.dims();
+    let flat = w.reshape([out, inp * kh * kw]);
+    let mean = flat.clone().mean_dim(1);
+    let centered = flat - mean;
+    let var = centered.clone().square().mean_dim(1);
+    let w = (centered / var.add_scalar(1e-5).sqrt()).reshape([out, inp, kh, kw]);
+    match &conv.bias {
+        Some(b) => conv2d(x, w, Some(b.val()), options),
+        None => conv2d_no_bias(x, w, options),
+    }
 }
 
 /// `y = (x − mean) / √(var + ε) · γ + β` per channel (dim 1), with batch
