@@ -61,7 +61,7 @@ mod flex {
     use burn::backend::{Autodiff, Flex};
     use burn::prelude::Backend;
     use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
-    use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
     use rayon::prelude::*;
 
     type FlexAd = Autodiff<Flex>;
@@ -164,8 +164,7 @@ mod flex {
         let g = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(grad));
         let [n, c, h, w] = x.dims();
         let [_, out, h_out, w_out] = g.dims();
-        let weight_shape =
-            Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(weight.clone())).dims();
+        let weight_shape: [usize; 4] = weight.shape().dims();
         let [_, _, kh, kw] = weight_shape;
         let (x_data, g_data) = (x.clone().into_data(), g.clone().into_data());
         let (Ok(xs), Ok(gs)) = (x_data.as_slice::<f32>(), g_data.as_slice::<f32>()) else {
