@@ -1,4 +1,4 @@
-//! Convolutions with a faster weight gradient on burn's Flex CPU backend.
+//! Faster convolutions on burn's Flex CPU backend.
 //!
 //! burn 0.21 computes a convolution's weight gradient as another
 //! convolution: the input with its batch and channel axes swapped,
@@ -7,20 +7,24 @@
 //! copies of permuted tensors on one thread, and one matrix product per
 //! input channel with only `k × k` (9) columns, which fills a fraction of
 //! the SIMD tiles: a third of the CPU time of a BYOL step of the small
-//! encoder (docs/results.md, "Optimising the step").
+//! encoder (docs/results.md, "Optimising the step"). Its forward pass
+//! multiplies one image at a time, `[out, in × k × k]` by
+//! `[in × k × k, pixels]`, where `pixels` is 196, 49 or 16 in the small
+//! encoder: narrow products, again mostly edge tiles.
 //!
-//! Here, on `Autodiff<Flex>` only, the same convolution is recorded with a
-//! backward step of our own: the input gradient is burn's, and the weight
-//! gradient is `dW = G · cols`, the output gradient as a `[out, pixels]`
-//! matrix times the im2col matrix of the input, `[pixels, in × k × k]`,
-//! built in parallel, one wide matrix product per chunk of images. The
-//! forward pass is burn's. Every other backend (CUDA, NdArray, the inner
-//! backend of evaluation) runs burn's convolution unchanged.
+//! Here, on `Flex` and `Autodiff<Flex>`, the forward pass is one wide
+//! matrix product per chunk of images, `W · colsᵀ` with the im2col matrix
+//! of the chunk, `[images × pixels, k × k × in]`, built in parallel from
+//! channels-last copies of the images. On `Autodiff<Flex>` the backward
+//! step is ours too: the input gradient is burn's, and the weight gradient
+//! is `dW = G · cols`, the output gradient as an `[out, images × pixels]`
+//! matrix times the same im2col matrix. Every other backend (CUDA,
+//! NdArray) runs burn's convolution unchanged.
 
 use burn::tensor::{Tensor, module::conv2d, ops::ConvOptions};
 
-/// `conv2d(x, weight)` without bias, with the weight gradient of this
-/// module on `Autodiff<Flex>` (see the module docs).
+/// `conv2d(x, weight)` without bias, by this module on `Flex` and
+/// `Autodiff<Flex>` (see the module docs), by burn elsewhere.
 ///
 /// # Shapes
 /// `x`: `[batch, in, h, w]`, `weight`: `[out, in, k_h, k_w]` →
@@ -58,10 +62,11 @@ mod flex {
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::flex::FlexTensor;
     use burn::backend::{Autodiff, Flex};
     use burn::prelude::Backend;
     use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
-    use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
+    use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
     use rayon::prelude::*;
 
     type FlexAd = Autodiff<Flex>;
@@ -73,8 +78,9 @@ mod flex {
         TypeId::of::<B>() == TypeId::of::<FlexAd>()
     }
 
-    /// The convolution on `Autodiff<Flex>` with our backward step; `None`
-    /// on any other backend, or for grouped or dilated convolutions.
+    /// The convolution on `Autodiff<Flex>` with our forward and backward
+    /// steps, or on `Flex` with our forward step; `None` on any other
+    /// backend, or for grouped or dilated convolutions.
     pub(super) fn try_conv2d<B: Backend>(
         x: &Tensor<B, 4>,
         weight: &Tensor<B, 4>,
@@ -83,11 +89,23 @@ mod flex {
         if options.groups != 1 || options.dilation != [1, 1] {
             return None;
         }
-        let x = (x as &dyn Any).downcast_ref::<Tensor<FlexAd, 4>>()?.clone();
-        let weight = (weight as &dyn Any)
-            .downcast_ref::<Tensor<FlexAd, 4>>()?
-            .clone();
-        let out: Box<dyn Any> = Box::new(conv2d(x, weight, options.clone()));
+        let out: Box<dyn Any> = if let (Some(x), Some(weight)) = (
+            (x as &dyn Any).downcast_ref::<Tensor<FlexAd, 4>>(),
+            (weight as &dyn Any).downcast_ref::<Tensor<FlexAd, 4>>(),
+        ) {
+            Box::new(conv2d(x.clone(), weight.clone(), options.clone()))
+        } else {
+            let x = (x as &dyn Any).downcast_ref::<Tensor<Flex, 4>>()?;
+            let weight = (weight as &dyn Any).downcast_ref::<Tensor<Flex, 4>>()?;
+            let out = forward(
+                x.clone().into_primitive().tensor(),
+                weight.clone().into_primitive().tensor(),
+                options,
+            );
+            Box::new(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
+                out,
+            )))
+        };
         out.downcast::<Tensor<B, 4>>().ok().map(|out| *out)
     }
 
@@ -139,60 +157,118 @@ mod flex {
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
                 let weight_state = prep.checkpoint(&weight);
-                prep.finish(
-                    (x_state, weight_state, options.clone()),
-                    Flex::conv2d(x.primitive, weight.primitive, None, options),
-                )
+                let out = forward(x.primitive, weight.primitive, &options);
+                prep.finish((x_state, weight_state, options), out)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(Flex::conv2d(x.primitive, weight.primitive, None, options))
+                prep.finish(forward(x.primitive, weight.primitive, &options))
             }
         };
         Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    /// `conv(x, weight)` as `[n, out, h_out, w_out]`: one matrix product
+    /// per chunk of images, `W · colsᵀ`; burn's convolution for tensors
+    /// that are not `f32`.
+    fn forward(x: FlexTensor, weight: FlexTensor, options: &ConvOptions<2>) -> FlexTensor {
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+            return Flex::conv2d(x, weight, None, options.clone());
+        }
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let geometry = Geometry::new(x.shape().dims(), weight.shape().dims(), options);
+        let [n, _, _, _] = x.shape().dims();
+        let [out, _, _, _] = weight.shape().dims();
+        let Some(ys) = forward_f32(
+            x.storage::<f32>(),
+            weight.storage::<f32>(),
+            n,
+            out,
+            geometry,
+            CHUNK_FLOATS,
+        ) else {
+            return Flex::conv2d(x, weight, None, options.clone());
+        };
+        FlexTensor::from_data(TensorData::new(
+            ys,
+            [n, out, geometry.h_out, geometry.w_out],
+        ))
+    }
+
+    /// The output of `n` images of `xs` convolved by `ws`
+    /// (`[out, in, k_h, k_w]`), building at most `chunk_floats` of im2col
+    /// matrix at a time; `None` if Flex's product of `f32` matrices is not
+    /// `f32`.
+    pub(super) fn forward_f32(
+        xs: &[f32],
+        ws: &[f32],
+        n: usize,
+        out: usize,
+        geometry: Geometry,
+        chunk_floats: usize,
+    ) -> Option<Vec<f32>> {
+        let image = geometry.c * geometry.h * geometry.w;
+        let pixels = geometry.h_out * geometry.w_out;
+        let row = geometry.row_len();
+        let per_chunk = geometry.images_per_chunk(n, chunk_floats);
+        let device = Default::default();
+        let w_mat = Tensor::<Flex, 2>::from_data(
+            TensorData::new(geometry.taps_major(ws), [out, row]),
+            &device,
+        );
+        let mut ys = vec![0.0f32; n * out * pixels];
+        for start in (0..n).step_by(per_chunk) {
+            let images = per_chunk.min(n - start);
+            let cols = geometry.im2col(&xs[start * image..(start + images) * image]);
+            let cols = Tensor::<Flex, 2>::from_data(
+                TensorData::new(cols, [images * pixels, row]),
+                &device,
+            );
+            // [out, images × pixels]: one block copy per (image, channel) into NCHW
+            let product = w_mat.clone().matmul(cols.transpose()).into_data();
+            let product = product.as_slice::<f32>().ok()?;
+            ys[start * out * pixels..(start + images) * out * pixels]
+                .par_chunks_mut(out * pixels)
+                .enumerate()
+                .for_each(|(k, dst)| {
+                    for (o, block) in dst.chunks_mut(pixels).enumerate() {
+                        let src = (o * images + k) * pixels;
+                        block.copy_from_slice(&product[src..src + pixels]);
+                    }
+                });
+        }
+        Some(ys)
     }
 
     /// `dW[o, (c, i, j)] = Σ_(n, p) G[n, o, p] · X[n, c, p·s + (i, j) − pad]`,
     /// in chunks of images; burn's own weight gradient for tensors that are
     /// not `f32`.
     fn weight_grad(
-        x: FloatTensor<Flex>,
-        weight: FloatTensor<Flex>,
-        grad: FloatTensor<Flex>,
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
         options: ConvOptions<2>,
-    ) -> FloatTensor<Flex> {
-        let x = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(x));
-        let g = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(grad));
-        let [n, c, h, w] = x.dims();
-        let [_, out, h_out, w_out] = g.dims();
+    ) -> FlexTensor {
+        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 {
+            return Flex::conv2d_weight_backward(x, weight, grad, options);
+        }
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
         let weight_shape: [usize; 4] = weight.shape().dims();
-        let [_, _, kh, kw] = weight_shape;
-        let (x_data, g_data) = (x.clone().into_data(), g.clone().into_data());
-        let (Ok(xs), Ok(gs)) = (x_data.as_slice::<f32>(), g_data.as_slice::<f32>()) else {
-            return Flex::conv2d_weight_backward(
-                x.into_primitive().tensor(),
-                weight,
-                g.into_primitive().tensor(),
-                options,
-            );
-        };
-        let geometry = Geometry {
-            c,
-            h,
-            w,
-            kh,
-            kw,
-            h_out,
-            w_out,
-            stride: options.stride,
-            padding: options.padding,
-        };
-        weight_grad_f32(xs, gs, n, out, geometry, CHUNK_FLOATS)
-            .reshape(weight_shape)
-            .into_primitive()
-            .tensor()
+        let geometry = Geometry::new(x.shape().dims(), weight_shape, &options);
+        let [n, _, _, _] = x.shape().dims();
+        let [out, _, _, _] = weight_shape;
+        weight_grad_f32(
+            x.storage::<f32>(),
+            grad.storage::<f32>(),
+            n,
+            out,
+            geometry,
+            CHUNK_FLOATS,
+        )
+        .into_primitive()
+        .tensor()
     }
 
-    /// `dW` as `[out, in × k_h × k_w]` from `n` images of `x` and of the
+    /// `dW` as `[out, in, k_h, k_w]` from `n` images of `x` and of the
     /// output gradient `g`, building at most `chunk_floats` of im2col
     /// matrix at a time.
     pub(super) fn weight_grad_f32(
@@ -202,11 +278,11 @@ mod flex {
         out: usize,
         geometry: Geometry,
         chunk_floats: usize,
-    ) -> Tensor<Flex, 2> {
+    ) -> Tensor<Flex, 4> {
         let image = geometry.c * geometry.h * geometry.w;
         let pixels = geometry.h_out * geometry.w_out;
         let row = geometry.row_len();
-        let per_chunk = (chunk_floats / (pixels * row).max(1)).clamp(1, n.max(1));
+        let per_chunk = geometry.images_per_chunk(n, chunk_floats);
         let device = Default::default();
         let mut total: Option<Tensor<Flex, 2>> = None;
         for start in (0..n).step_by(per_chunk) {
@@ -237,7 +313,13 @@ mod flex {
                 None => part,
             });
         }
-        total.unwrap_or_else(|| Tensor::zeros([out, row], &device))
+        let [c, kh, kw] = [geometry.c, geometry.kh, geometry.kw];
+        // from the im2col column order, [out, k_h × k_w × in]
+        total
+            .unwrap_or_else(|| Tensor::zeros([out, row], &device))
+            .reshape([out, kh * kw, c])
+            .swap_dims(1, 2)
+            .reshape([out, c, kh, kw])
     }
 
     /// Sizes of one convolution, for im2col.
@@ -255,6 +337,34 @@ mod flex {
     }
 
     impl Geometry {
+        /// The geometry of `x` (`[n, in, h, w]`) convolved by a weight of
+        /// `[out, in, k_h, k_w]`, output size as burn computes it.
+        fn new(x: [usize; 4], weight: [usize; 4], options: &ConvOptions<2>) -> Self {
+            let [_, c, h, w] = x;
+            let [_, _, kh, kw] = weight;
+            let size = |len: usize, k: usize, axis: usize| {
+                (len + 2 * options.padding[axis]).saturating_sub(k) / options.stride[axis] + 1
+            };
+            Self {
+                c,
+                h,
+                w,
+                kh,
+                kw,
+                h_out: size(h, kh, 0),
+                w_out: size(w, kw, 1),
+                stride: options.stride,
+                padding: options.padding,
+            }
+        }
+
+        /// How many of `n` images fit `chunk_floats` of im2col matrix (at
+        /// least one).
+        fn images_per_chunk(&self, n: usize, chunk_floats: usize) -> usize {
+            let per_image = self.h_out * self.w_out * self.row_len();
+            (chunk_floats / per_image.max(1)).clamp(1, n.max(1))
+        }
+
         /// Square images and kernel, output size as burn computes it.
         #[cfg(test)]
         pub(super) fn for_test(
@@ -284,48 +394,75 @@ mod flex {
             self.c * self.kh * self.kw
         }
 
-        /// `[images × pixels, in × k_h × k_w]`, one row per output pixel,
-        /// zeros where the kernel overlaps the padding; `x` holds whole
-        /// `[in, h, w]` images.
+        /// `[images × pixels, k_h × k_w × in]`, one row per output pixel,
+        /// channels innermost, zeros where the kernel overlaps the padding;
+        /// `x` holds whole `[in, h, w]` images. Each image is first laid out
+        /// channels-last, so that a row is built from runs of `k_w × in`
+        /// contiguous floats (one per kernel line inside the image).
         fn im2col(&self, x: &[f32]) -> Vec<f32> {
             let g = *self;
-            let image = g.c * g.h * g.w;
+            let plane = g.h * g.w;
+            let image = g.c * plane;
             let pixels = g.h_out * g.w_out;
             let row = g.row_len();
+            let line = g.kw * g.c;
             let images = x.len() / image.max(1);
             let mut cols = vec![0.0f32; images * pixels * row];
             cols.par_chunks_mut(pixels * row)
                 .zip(x.par_chunks(image))
-                .for_each(|(dst, src)| {
-                    for oy in 0..g.h_out {
-                        for ox in 0..g.w_out {
-                            let out_row = &mut dst[(oy * g.w_out + ox) * row..][..row];
-                            for ch in 0..g.c {
-                                let plane = &src[ch * g.h * g.w..][..g.h * g.w];
-                                for i in 0..g.kh {
-                                    let Some(iy) = (oy * g.stride[0] + i).checked_sub(g.padding[0])
-                                    else {
-                                        continue;
-                                    };
-                                    if iy >= g.h {
-                                        continue;
-                                    }
-                                    let line = &plane[iy * g.w..][..g.w];
-                                    let taps = &mut out_row[(ch * g.kh + i) * g.kw..][..g.kw];
-                                    for (j, tap) in taps.iter_mut().enumerate() {
-                                        if let Some(ix) =
-                                            (ox * g.stride[1] + j).checked_sub(g.padding[1])
-                                            && ix < g.w
-                                        {
-                                            *tap = line[ix];
-                                        }
-                                    }
-                                }
+                .for_each_init(
+                    || vec![0.0f32; image],
+                    |hwc, (dst, src)| {
+                        for (p, px) in hwc.chunks_mut(g.c).enumerate() {
+                            for (ch, v) in px.iter_mut().enumerate() {
+                                *v = src[ch * plane + p];
                             }
                         }
-                    }
-                });
+                        for (p, out_row) in dst.chunks_mut(row).enumerate() {
+                            let (oy, ox) = (p / g.w_out, p % g.w_out);
+                            // first input column under the kernel, and the
+                            // kernel columns that fall inside the image
+                            let x0 = (ox * g.stride[1]) as isize - g.padding[1] as isize;
+                            let j0 = (-x0).max(0) as usize;
+                            let j1 = (g.w as isize - x0).clamp(0, g.kw as isize) as usize;
+                            if j0 >= j1 {
+                                continue;
+                            }
+                            for (i, taps) in out_row.chunks_mut(line).enumerate() {
+                                let Some(iy) = (oy * g.stride[0] + i).checked_sub(g.padding[0])
+                                else {
+                                    continue;
+                                };
+                                if iy >= g.h {
+                                    continue;
+                                }
+                                let ix0 = (x0 + j0 as isize) as usize;
+                                let from = (iy * g.w + ix0) * g.c;
+                                taps[j0 * g.c..j1 * g.c]
+                                    .copy_from_slice(&hwc[from..from + (j1 - j0) * g.c]);
+                            }
+                        }
+                    },
+                );
             cols
+        }
+
+        /// A `[out, in, k_h, k_w]` weight as `[out, k_h × k_w × in]`, the
+        /// column order of [`Self::im2col`].
+        fn taps_major(&self, ws: &[f32]) -> Vec<f32> {
+            let taps = self.kh * self.kw;
+            let mut out = vec![0.0f32; ws.len()];
+            for (src, dst) in ws
+                .chunks(self.row_len().max(1))
+                .zip(out.chunks_mut(self.row_len().max(1)))
+            {
+                for ch in 0..self.c {
+                    for t in 0..taps {
+                        dst[t * self.c + ch] = src[ch * taps + t];
+                    }
+                }
+            }
+            out
         }
     }
 }
@@ -333,7 +470,7 @@ mod flex {
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use burn::backend::{Autodiff, Flex};
-    use burn::tensor::{Distribution, Tensor, module::conv2d, ops::ConvOptions};
+    use burn::tensor::{Distribution, Tensor, TensorData, module::conv2d, ops::ConvOptions};
 
     use super::{conv2d_no_bias, has_fast_weight_grad};
 
@@ -425,9 +562,39 @@ mod tests {
         let whole = super::flex::weight_grad_f32(xs, gs, n, out, geometry, usize::MAX);
         // 1 float per chunk: one image at a time
         let by_image = super::flex::weight_grad_f32(xs, gs, n, out, geometry, 1);
-        let d = rel_diff(whole.clone().unsqueeze(), by_image.unsqueeze());
+        let d = rel_diff(whole.clone(), by_image);
         assert!(d < 1e-5, "chunked weight gradient differs by {d}");
         assert!(whole.abs().max().into_scalar() > 0.0);
+    }
+
+    #[test]
+    fn forward_chunks_add_up_and_the_inner_backend_matches_burn() {
+        let device = Default::default();
+        let geometry = super::flex::Geometry::for_test(3, 7, 7, 3, 2, 1);
+        let (n, out) = (5, 4);
+        let x = Tensor::<Flex, 4>::random([n, 3, 7, 7], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<Flex, 4>::random([out, 3, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+        let (xd, wd) = (x.clone().into_data(), w.clone().into_data());
+        let (Ok(xs), Ok(ws)) = (xd.as_slice::<f32>(), wd.as_slice::<f32>()) else {
+            panic!("f32 data");
+        };
+        let whole = super::flex::forward_f32(xs, ws, n, out, geometry, usize::MAX);
+        let by_image = super::flex::forward_f32(xs, ws, n, out, geometry, 1);
+        let (Some(whole), Some(by_image)) = (whole, by_image) else {
+            panic!("f32 products");
+        };
+        let as_tensor = |ys: Vec<f32>| {
+            Tensor::<Flex, 4>::from_data(TensorData::new(ys, [n, out, 4, 4]), &device)
+        };
+        let d = rel_diff(as_tensor(whole), as_tensor(by_image));
+        assert!(d < 1e-6, "chunked forward differs by {d}");
+        // on the inner backend (evaluation), conv2d_no_bias is ours too
+        let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
+        let ours = conv2d_no_bias(x.clone(), w.clone(), options.clone());
+        let burns = conv2d(x, w, None, options);
+        assert_eq!(ours.dims(), [n, out, 4, 4]);
+        let d = rel_diff(burns, ours);
+        assert!(d < 1e-5, "inner-backend forward differs from burn's by {d}");
     }
 
     #[test]
