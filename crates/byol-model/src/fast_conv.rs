@@ -16,9 +16,11 @@
 //! matrix product per chunk of images, `W · colsᵀ` with the im2col matrix
 //! of the chunk, `[images × pixels, k × k × in]`, built in parallel from
 //! channels-last copies of the images. On `Autodiff<Flex>` the backward
-//! step is ours too: the input gradient is burn's, and the weight gradient
-//! is `dW = G · cols`, the output gradient as an `[out, images × pixels]`
-//! matrix times the same im2col matrix. Every other backend (CUDA,
+//! step is ours too: the weight gradient is `dW = G · cols`, the output
+//! gradient as an `[out, images × pixels]` matrix times the same im2col
+//! matrix, and the input gradient is `Gᵀ · W` (the gradient of the im2col
+//! matrix) added back onto the pixels it was gathered from (col2im), in
+//! place of burn's transposed convolution. Every other backend (CUDA,
 //! NdArray) runs burn's convolution unchanged.
 
 use burn::tensor::{Tensor, module::conv2d, ops::ConvOptions};
@@ -127,12 +129,7 @@ mod flex {
             let x = checkpointer.retrieve_node_output::<FloatTensor<Flex>>(x_state);
             let weight = checkpointer.retrieve_node_output::<FloatTensor<Flex>>(weight_state);
             if let Some(node) = node_x {
-                let grad_x = Flex::conv2d_x_backward(
-                    x.clone(),
-                    weight.clone(),
-                    grad.clone(),
-                    options.clone(),
-                );
+                let grad_x = input_grad(&x, weight.clone(), grad.clone(), &options);
                 grads.register::<Flex>(node.id, grad_x);
             }
             if let Some(node) = node_weight {
@@ -239,6 +236,37 @@ mod flex {
         Some(ys)
     }
 
+    /// `dX` of `conv(x, weight)` from the output gradient; burn's for
+    /// tensors that are not `f32`.
+    fn input_grad(
+        x: &FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        options: &ConvOptions<2>,
+    ) -> FlexTensor {
+        let burns =
+            |weight, grad| Flex::conv2d_x_backward(x.clone(), weight, grad, options.clone());
+        if weight.dtype() != DType::F32 || grad.dtype() != DType::F32 {
+            return burns(weight, grad);
+        }
+        let (weight, grad) = (weight.to_contiguous(), grad.to_contiguous());
+        let x_shape: [usize; 4] = x.shape().dims();
+        let geometry = Geometry::new(x_shape, weight.shape().dims(), options);
+        let [n, _, _, _] = x_shape;
+        let [out, _, _, _] = weight.shape().dims();
+        match input_grad_f32(
+            weight.storage::<f32>(),
+            grad.storage::<f32>(),
+            n,
+            out,
+            geometry,
+            CHUNK_FLOATS,
+        ) {
+            Some(dx) => FlexTensor::from_data(TensorData::new(dx, x_shape)),
+            None => burns(weight, grad),
+        }
+    }
+
     /// `dW[o, (c, i, j)] = Σ_(n, p) G[n, o, p] · X[n, c, p·s + (i, j) − pad]`,
     /// in chunks of images; burn's own weight gradient for tensors that are
     /// not `f32`.
@@ -288,21 +316,7 @@ mod flex {
         for start in (0..n).step_by(per_chunk) {
             let images = per_chunk.min(n - start);
             let cols = geometry.im2col(&xs[start * image..(start + images) * image]);
-            // G of these images as [out, images × pixels]: one block copy per (image, channel)
-            let mut g_packed = vec![0.0f32; out * images * pixels];
-            g_packed
-                .par_chunks_mut(images * pixels)
-                .enumerate()
-                .for_each(|(o, dst)| {
-                    for (k, block) in dst.chunks_mut(pixels).enumerate() {
-                        let src = ((start + k) * out + o) * pixels;
-                        block.copy_from_slice(&gs[src..src + pixels]);
-                    }
-                });
-            let g_mat = Tensor::<Flex, 2>::from_data(
-                TensorData::new(g_packed, [out, images * pixels]),
-                &device,
-            );
+            let g_mat = pack_grad(gs, start, images, out, pixels);
             let cols = Tensor::<Flex, 2>::from_data(
                 TensorData::new(cols, [images * pixels, row]),
                 &device,
@@ -320,6 +334,65 @@ mod flex {
             .reshape([out, kh * kw, c])
             .swap_dims(1, 2)
             .reshape([out, c, kh, kw])
+    }
+
+    /// The output gradient of images `start..start + images` of `gs`
+    /// (`[n, out, pixels]`) as an `[out, images × pixels]` matrix: one
+    /// block copy per (image, channel).
+    fn pack_grad(
+        gs: &[f32],
+        start: usize,
+        images: usize,
+        out: usize,
+        pixels: usize,
+    ) -> Tensor<Flex, 2> {
+        let mut packed = vec![0.0f32; out * images * pixels];
+        packed
+            .par_chunks_mut(images * pixels)
+            .enumerate()
+            .for_each(|(o, dst)| {
+                for (k, block) in dst.chunks_mut(pixels).enumerate() {
+                    let src = ((start + k) * out + o) * pixels;
+                    block.copy_from_slice(&gs[src..src + pixels]);
+                }
+            });
+        Tensor::from_data(
+            TensorData::new(packed, [out, images * pixels]),
+            &Default::default(),
+        )
+    }
+
+    /// `dX` of `n` images as `[n, in, h, w]`: per chunk of images, the
+    /// gradient of the im2col matrix, `Gᵀ · W` (`[images × pixels, k_h ×
+    /// k_w × in]`), added back onto the input pixels; `None` if Flex's
+    /// product of `f32` matrices is not `f32`.
+    pub(super) fn input_grad_f32(
+        ws: &[f32],
+        gs: &[f32],
+        n: usize,
+        out: usize,
+        geometry: Geometry,
+        chunk_floats: usize,
+    ) -> Option<Vec<f32>> {
+        let image = geometry.c * geometry.h * geometry.w;
+        let pixels = geometry.h_out * geometry.w_out;
+        let row = geometry.row_len();
+        let per_chunk = geometry.images_per_chunk(n, chunk_floats);
+        let w_mat = Tensor::<Flex, 2>::from_data(
+            TensorData::new(geometry.taps_major(ws), [out, row]),
+            &Default::default(),
+        );
+        let mut dx = vec![0.0f32; n * image];
+        for start in (0..n).step_by(per_chunk) {
+            let images = per_chunk.min(n - start);
+            let g_mat = pack_grad(gs, start, images, out, pixels);
+            let dcols = g_mat.transpose().matmul(w_mat.clone()).into_data();
+            geometry.col2im(
+                dcols.as_slice::<f32>().ok()?,
+                &mut dx[start * image..(start + images) * image],
+            );
+        }
+        Some(dx)
     }
 
     /// Sizes of one convolution, for im2col.
@@ -394,6 +467,24 @@ mod flex {
             self.c * self.kh * self.kw
         }
 
+        /// The parts of the input under the kernel at output pixel `p`:
+        /// for each kernel line `i` inside the image, `(i, from, j0, j1)`,
+        /// where kernel columns `j0..j1` fall inside the image and `from`
+        /// is the channels-last offset of the input under column `j0`.
+        fn window(&self, p: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+            let g = *self;
+            let (oy, ox) = (p / g.w_out.max(1), p % g.w_out.max(1));
+            // input column under kernel column 0 (left of the image in the padding)
+            let x0 = (ox * g.stride[1]) as isize - g.padding[1] as isize;
+            let j0 = (-x0).max(0) as usize;
+            let j1 = (g.w as isize - x0).clamp(0, g.kw as isize) as usize;
+            let ix0 = (x0 + j0 as isize).max(0) as usize;
+            (0..g.kh).filter_map(move |i| {
+                let iy = (oy * g.stride[0] + i).checked_sub(g.padding[0])?;
+                (iy < g.h && j0 < j1).then_some((i, (iy * g.w + ix0) * g.c, j0, j1))
+            })
+        }
+
         /// `[images × pixels, k_h × k_w × in]`, one row per output pixel,
         /// channels innermost, zeros where the kernel overlaps the padding;
         /// `x` holds whole `[in, h, w]` images. Each image is first laid out
@@ -419,32 +510,47 @@ mod flex {
                             }
                         }
                         for (p, out_row) in dst.chunks_mut(row).enumerate() {
-                            let (oy, ox) = (p / g.w_out, p % g.w_out);
-                            // first input column under the kernel, and the
-                            // kernel columns that fall inside the image
-                            let x0 = (ox * g.stride[1]) as isize - g.padding[1] as isize;
-                            let j0 = (-x0).max(0) as usize;
-                            let j1 = (g.w as isize - x0).clamp(0, g.kw as isize) as usize;
-                            if j0 >= j1 {
-                                continue;
-                            }
-                            for (i, taps) in out_row.chunks_mut(line).enumerate() {
-                                let Some(iy) = (oy * g.stride[0] + i).checked_sub(g.padding[0])
-                                else {
-                                    continue;
-                                };
-                                if iy >= g.h {
-                                    continue;
-                                }
-                                let ix0 = (x0 + j0 as isize) as usize;
-                                let from = (iy * g.w + ix0) * g.c;
-                                taps[j0 * g.c..j1 * g.c]
+                            for (i, from, j0, j1) in g.window(p) {
+                                out_row[i * line + j0 * g.c..i * line + j1 * g.c]
                                     .copy_from_slice(&hwc[from..from + (j1 - j0) * g.c]);
                             }
                         }
                     },
                 );
             cols
+        }
+
+        /// The adjoint of [`Self::im2col`]: each row of `dcols`
+        /// (`[images × pixels, k_h × k_w × in]`) added back onto the input
+        /// pixels it was gathered from, into `dx` (whole `[in, h, w]`
+        /// images).
+        fn col2im(&self, dcols: &[f32], dx: &mut [f32]) {
+            let g = *self;
+            let plane = g.h * g.w;
+            let image = g.c * plane;
+            let row = g.row_len();
+            let line = g.kw * g.c;
+            dx.par_chunks_mut(image)
+                .zip(dcols.par_chunks(g.h_out * g.w_out * row))
+                .for_each_init(
+                    || vec![0.0f32; image],
+                    |hwc, (dst, src)| {
+                        hwc.fill(0.0);
+                        for (p, in_row) in src.chunks(row).enumerate() {
+                            for (i, from, j0, j1) in g.window(p) {
+                                let taps = &in_row[i * line + j0 * g.c..i * line + j1 * g.c];
+                                for (acc, t) in hwc[from..from + taps.len()].iter_mut().zip(taps) {
+                                    *acc += t;
+                                }
+                            }
+                        }
+                        for (ch, plane_out) in dst.chunks_mut(plane).enumerate() {
+                            for (p, v) in plane_out.iter_mut().enumerate() {
+                                *v = hwc[p * g.c + ch];
+                            }
+                        }
+                    },
+                );
         }
 
         /// A `[out, in, k_h, k_w]` weight as `[out, k_h × k_w × in]`, the
@@ -564,6 +670,23 @@ mod tests {
         let by_image = super::flex::weight_grad_f32(xs, gs, n, out, geometry, 1);
         let d = rel_diff(whole.clone(), by_image);
         assert!(d < 1e-5, "chunked weight gradient differs by {d}");
+        assert!(whole.abs().max().into_scalar() > 0.0);
+        // the input gradient, with any weight
+        let w =
+            Tensor::<Flex, 1>::random([out * 3 * 3 * 3], Distribution::Normal(0.0, 1.0), &device)
+                .into_data();
+        let Ok(ws) = w.as_slice::<f32>() else {
+            panic!("f32 data");
+        };
+        let dx = |chunk| {
+            let Some(dx) = super::flex::input_grad_f32(ws, gs, n, out, geometry, chunk) else {
+                panic!("f32 products");
+            };
+            Tensor::<Flex, 4>::from_data(TensorData::new(dx, [n, 3, 6, 6]), &device)
+        };
+        let (whole, by_image) = (dx(usize::MAX), dx(1));
+        let d = rel_diff(whole.clone(), by_image);
+        assert!(d < 1e-5, "chunked input gradient differs by {d}");
         assert!(whole.abs().max().into_scalar() > 0.0);
     }
 
