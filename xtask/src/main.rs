@@ -7,6 +7,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc keeps freed pages for reuse: with glibc's malloc, the
+/// megabyte-sized im2col and product buffers of every convolution came back
+/// from the kernel as fresh zeroed pages each step (docs/results.md,
+/// "Optimising the step").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod backend;
 mod bench;
 mod embed;
