@@ -203,15 +203,10 @@ mod flex {
         geometry: Geometry,
         chunk_floats: usize,
     ) -> Option<Vec<f32>> {
-        let image = geometry.c * geometry.h * geometry.w;
-        let pixels = geometry.h_out * geometry.w_out;
-        let row = geometry.row_len();
+        let (image, pixels, row) = (geometry.image_len(), geometry.pixels(), geometry.row_len());
         let per_chunk = geometry.images_per_chunk(n, chunk_floats);
         let device = Default::default();
-        let w_mat = Tensor::<Flex, 2>::from_data(
-            TensorData::new(geometry.taps_major(ws), [out, row]),
-            &device,
-        );
+        let w_mat = geometry.weight_matrix(ws, out);
         let mut ys = vec![0.0f32; n * out * pixels];
         for start in (0..n).step_by(per_chunk) {
             let images = per_chunk.min(n - start);
@@ -307,9 +302,7 @@ mod flex {
         geometry: Geometry,
         chunk_floats: usize,
     ) -> Tensor<Flex, 4> {
-        let image = geometry.c * geometry.h * geometry.w;
-        let pixels = geometry.h_out * geometry.w_out;
-        let row = geometry.row_len();
+        let (image, pixels, row) = (geometry.image_len(), geometry.pixels(), geometry.row_len());
         let per_chunk = geometry.images_per_chunk(n, chunk_floats);
         let device = Default::default();
         let mut total: Option<Tensor<Flex, 2>> = None;
@@ -374,14 +367,9 @@ mod flex {
         geometry: Geometry,
         chunk_floats: usize,
     ) -> Option<Vec<f32>> {
-        let image = geometry.c * geometry.h * geometry.w;
-        let pixels = geometry.h_out * geometry.w_out;
-        let row = geometry.row_len();
+        let (image, pixels) = (geometry.image_len(), geometry.pixels());
         let per_chunk = geometry.images_per_chunk(n, chunk_floats);
-        let w_mat = Tensor::<Flex, 2>::from_data(
-            TensorData::new(geometry.taps_major(ws), [out, row]),
-            &Default::default(),
-        );
+        let w_mat = geometry.weight_matrix(ws, out);
         let mut dx = vec![0.0f32; n * image];
         for start in (0..n).step_by(per_chunk) {
             let images = per_chunk.min(n - start);
@@ -551,6 +539,23 @@ mod flex {
                         }
                     },
                 );
+        }
+
+        /// Floats in one input image, `in × h × w`.
+        fn image_len(&self) -> usize {
+            self.c * self.h * self.w
+        }
+
+        /// Output pixels of one image, `h_out × w_out`.
+        fn pixels(&self) -> usize {
+            self.h_out * self.w_out
+        }
+
+        /// A `[out, in, k_h, k_w]` weight as an `[out, k_h × k_w × in]`
+        /// matrix, the column order of [`Self::im2col`].
+        fn weight_matrix(&self, ws: &[f32], out: usize) -> Tensor<Flex, 2> {
+            let data = TensorData::new(self.taps_major(ws), [out, self.row_len()]);
+            Tensor::from_data(data, &Default::default())
         }
 
         /// A `[out, in, k_h, k_w]` weight as `[out, k_h × k_w × in]`, the
