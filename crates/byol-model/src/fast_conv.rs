@@ -91,6 +91,11 @@ mod flex {
         if options.groups != 1 || options.dilation != [1, 1] {
             return None;
         }
+        // a kernel larger than the padded input: burn's to handle (or refuse)
+        let ([_, _, h, w], [_, _, kh, kw]) = (x.dims(), weight.dims());
+        if h + 2 * options.padding[0] < kh || w + 2 * options.padding[1] < kw {
+            return None;
+        }
         let out: Box<dyn Any> = if let (Some(x), Some(weight)) = (
             (x as &dyn Any).downcast_ref::<Tensor<FlexAd, 4>>(),
             (weight as &dyn Any).downcast_ref::<Tensor<FlexAd, 4>>(),
