@@ -208,18 +208,13 @@ mod flex {
         geometry: Geometry,
         chunk_floats: usize,
     ) -> Option<Vec<f32>> {
-        let (image, pixels, row) = (geometry.image_len(), geometry.pixels(), geometry.row_len());
+        let (image, pixels) = (geometry.image_len(), geometry.pixels());
         let per_chunk = geometry.images_per_chunk(n, chunk_floats);
-        let device = Default::default();
         let w_mat = geometry.weight_matrix(ws, out);
         let mut ys = vec![0.0f32; n * out * pixels];
         for start in (0..n).step_by(per_chunk) {
             let images = per_chunk.min(n - start);
             let cols = geometry.im2col(&xs[start * image..(start + images) * image]);
-            let cols = Tensor::<Flex, 2>::from_data(
-                TensorData::new(cols, [images * pixels, row]),
-                &device,
-            );
             // [out, images × pixels]: one block copy per (image, channel) into NCHW
             let product = w_mat.clone().matmul(cols.transpose()).into_data();
             let product = product.as_slice::<f32>().ok()?;
@@ -314,12 +309,7 @@ mod flex {
         for start in (0..n).step_by(per_chunk) {
             let images = per_chunk.min(n - start);
             let cols = geometry.im2col(&xs[start * image..(start + images) * image]);
-            let g_mat = pack_grad(gs, start, images, out, pixels);
-            let cols = Tensor::<Flex, 2>::from_data(
-                TensorData::new(cols, [images * pixels, row]),
-                &device,
-            );
-            let part = g_mat.matmul(cols);
+            let part = pack_grad(gs, start, images, out, pixels).matmul(cols);
             total = Some(match total {
                 Some(sum) => sum + part,
                 None => part,
@@ -427,7 +417,7 @@ mod flex {
         /// How many of `n` images fit `chunk_floats` of im2col matrix (at
         /// least one).
         fn images_per_chunk(&self, n: usize, chunk_floats: usize) -> usize {
-            let per_image = self.h_out * self.w_out * self.row_len();
+            let per_image = self.pixels() * self.row_len();
             (chunk_floats / per_image.max(1)).clamp(1, n.max(1))
         }
 
@@ -441,18 +431,8 @@ mod flex {
             stride: usize,
             padding: usize,
         ) -> Self {
-            let out = |size: usize| (size + 2 * padding - k) / stride + 1;
-            Self {
-                c,
-                h,
-                w,
-                kh: k,
-                kw: k,
-                h_out: out(h),
-                w_out: out(w),
-                stride: [stride, stride],
-                padding: [padding, padding],
-            }
+            let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
+            Self::new([1, c, h, w], [1, c, k, k], &options)
         }
 
         /// Length of one im2col row: `in × k_h × k_w`.
@@ -483,12 +463,10 @@ mod flex {
         /// `x` holds whole `[in, h, w]` images. Each image is first laid out
         /// channels-last, so that a row is built from runs of `k_w × in`
         /// contiguous floats (one per kernel line inside the image).
-        fn im2col(&self, x: &[f32]) -> Vec<f32> {
+        fn im2col(&self, x: &[f32]) -> Tensor<Flex, 2> {
             let g = *self;
             let plane = g.h * g.w;
-            let image = g.c * plane;
-            let pixels = g.h_out * g.w_out;
-            let row = g.row_len();
+            let (image, pixels, row) = (g.image_len(), g.pixels(), g.row_len());
             let line = g.kw * g.c;
             let images = x.len() / image.max(1);
             let mut cols = vec![0.0f32; images * pixels * row];
@@ -510,7 +488,8 @@ mod flex {
                         }
                     },
                 );
-            cols
+            let data = TensorData::new(cols, [images * pixels, row]);
+            Tensor::from_data(data, &Default::default())
         }
 
         /// The adjoint of [`Self::im2col`]: each row of `dcols`
@@ -520,11 +499,10 @@ mod flex {
         fn col2im(&self, dcols: &[f32], dx: &mut [f32]) {
             let g = *self;
             let plane = g.h * g.w;
-            let image = g.c * plane;
-            let row = g.row_len();
+            let (image, row) = (g.image_len(), g.row_len());
             let line = g.kw * g.c;
             dx.par_chunks_mut(image)
-                .zip(dcols.par_chunks(g.h_out * g.w_out * row))
+                .zip(dcols.par_chunks(g.pixels() * row))
                 .for_each_init(
                     || vec![0.0f32; image],
                     |hwc, (dst, src)| {
