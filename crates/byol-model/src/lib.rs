@@ -26,6 +26,7 @@
 mod block;
 mod byol;
 pub mod fast_conv;
+mod fast_norm;
 mod head;
 mod norm;
 mod resnet;

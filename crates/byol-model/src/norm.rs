@@ -12,7 +12,9 @@
 //! every full-size operation is either element-wise on equal shapes or a
 //! per-row scalar broadcast over `[N, C, H·W]`, both of which Flex runs with
 //! SIMD. The arithmetic is the same as burn's and PyTorch's: batch statistics
-//! on an autodiff backend (training), running statistics otherwise.
+//! on an autodiff backend (training), running statistics otherwise. On
+//! `Autodiff<Flex>` the batch-statistics case is one operation of ours
+//! instead ([`crate::fast_norm`]).
 //!
 //! One difference from burn, kept on purpose: the running variance is
 //! updated with the *unbiased* batch variance (divided by `n − 1`), as
@@ -30,6 +32,7 @@ use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::fast_conv::conv2d_no_bias;
+use crate::fast_norm::batch_norm_train;
 
 /// The normalisation of the encoder's convolutions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +204,10 @@ pub fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: Tensor<B, D>
     let beta = bn.beta.val();
     let y = if B::ad_enabled(&x3.device()) {
         let count = n * rest;
+        if let Some((y, mean, var)) = batch_norm_train(&x3, &gamma, &beta, bn.epsilon) {
+            update_running(bn, mean, var, count);
+            return y.reshape(dims);
+        }
         // [1, c, 1]
         let mean = x3.clone().sum_dim(2).sum_dim(0).div_scalar(count as f64);
         let centered = x3 - mean.clone().repeat_dim(0, n);

@@ -1,0 +1,420 @@
+//! BatchNorm's training step as one operation on burn's Flex CPU backend.
+//!
+//! Written with tensor operations ([`crate::norm`]), BatchNorm with batch
+//! statistics is about ten element-wise passes over the activations
+//! forward (sums, centring, squares, scaling, shifting) and as many
+//! again backward, each allocating its output, most of them on the
+//! calling thread: the profile of a BYOL step of the small encoder put
+//! BatchNorm's operations at ~8% of the wall time, all serial
+//! (docs/results.md, "Optimising the step").
+//!
+//! Here, on `Autodiff<Flex>`, it is one recorded operation with parents
+//! `x`, `γ` and `β`: forward, per-channel sums (in parallel over channels)
+//! and one pass writing `y = (x − μ)·γ/σ + β`; backward, per-channel sums
+//! of `dy` and `dy·(x − μ)`, then one pass writing
+//! `dx = γ/σ · (dy − mean(dy) − x̂·mean(dy·x̂))`. The backward step keeps
+//! `x` (already kept by the convolution that produced it) and the
+//! per-channel statistics, not the normalised activations. Every other
+//! backend computes BatchNorm with tensor operations, unchanged.
+
+use burn::prelude::*;
+
+/// BatchNorm of `x` with batch statistics, `y = (x − μ) / √(σ² + ε) · γ +
+/// β` per channel (dim 1), as one operation on `Autodiff<Flex>` (see the
+/// module docs); also the batch mean and biased variance, outside the
+/// autodiff graph. `None` on any other backend or for tensors that are
+/// not `f32`.
+///
+/// # Shapes
+/// `x`: `[batch, channels, pixels]`, `gamma`, `beta`: `[channels]` → `y`:
+/// `[batch, channels, pixels]`, mean and variance `[channels]`
+pub fn batch_norm_train<B: Backend>(
+    x: &Tensor<B, 3>,
+    gamma: &Tensor<B, 1>,
+    beta: &Tensor<B, 1>,
+    epsilon: f64,
+) -> Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)> {
+    #[cfg(feature = "flex")]
+    {
+        flex::try_batch_norm(x, gamma, beta, epsilon)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (x, gamma, beta, epsilon);
+        None
+    }
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use std::any::Any;
+
+    use burn::backend::autodiff::NodeId;
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::flex::FlexTensor;
+    use burn::backend::{Autodiff, Flex};
+    use burn::prelude::Backend;
+    use burn::tensor::ops::FloatTensor;
+    use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
+    use rayon::prelude::*;
+
+    type FlexAd = Autodiff<Flex>;
+
+    /// Lanes of the partial sums (two AVX-512 or four AVX2 registers).
+    const LANES: usize = 16;
+
+    pub(super) fn try_batch_norm<B: Backend>(
+        x: &Tensor<B, 3>,
+        gamma: &Tensor<B, 1>,
+        beta: &Tensor<B, 1>,
+        epsilon: f64,
+    ) -> Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)> {
+        let x = (x as &dyn Any).downcast_ref::<Tensor<FlexAd, 3>>()?;
+        let gamma = (gamma as &dyn Any).downcast_ref::<Tensor<FlexAd, 1>>()?;
+        let beta = (beta as &dyn Any).downcast_ref::<Tensor<FlexAd, 1>>()?;
+        if [x.dtype(), gamma.dtype(), beta.dtype()] != [DType::F32; 3] {
+            return None;
+        }
+        let [n, c, pixels] = x.dims();
+        if n * c * pixels == 0 || gamma.dims() != [c] || beta.dims() != [c] {
+            return None;
+        }
+        let (y, stats) = batch_norm(x.clone(), gamma.clone(), beta.clone(), epsilon);
+        let device = x.device();
+        let vector = |v: Vec<f32>| Tensor::<FlexAd, 1>::from_data(TensorData::new(v, [c]), &device);
+        let out: Box<dyn Any> = Box::new((y, vector(stats.mean), vector(stats.var)));
+        out.downcast::<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)>()
+            .ok()
+            .map(|out| *out)
+    }
+
+    /// Per-channel statistics of one batch.
+    #[derive(Debug, Clone)]
+    pub(super) struct Stats {
+        pub(super) mean: Vec<f32>,
+        /// Biased variance.
+        pub(super) var: Vec<f32>,
+        /// `1 / √(var + ε)`.
+        pub(super) inv_std: Vec<f32>,
+    }
+
+    #[derive(Debug)]
+    struct BatchNormBackward;
+
+    impl Backward<Flex, 3> for BatchNormBackward {
+        /// `x`, the statistics, and `γ`.
+        type State = (NodeId, Stats, Vec<f32>);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 3>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let [node_x, node_gamma, node_beta] = ops.parents;
+            let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+            let (x_state, stats, gamma) = ops.state;
+            let x = checkpointer
+                .retrieve_node_output::<FloatTensor<Flex>>(x_state)
+                .to_contiguous();
+            let shape: [usize; 3] = x.shape().dims();
+            let (xs, dys) = (x.storage::<f32>(), grad.storage::<f32>());
+            let sums = grad_sums(xs, dys, shape, &stats.mean);
+            let c = shape[1];
+            let vector = |v: Vec<f32>| FlexTensor::from_data(TensorData::new(v, [c]));
+            if let Some(node) = node_x {
+                let dx = input_grad_f32(xs, dys, shape, &stats, &gamma, &sums);
+                grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
+            }
+            if let Some(node) = node_gamma {
+                // Σ dy·x̂ = Σ dy·(x − μ) / σ
+                let dgamma = sums
+                    .dy_centered
+                    .iter()
+                    .zip(&stats.inv_std)
+                    .map(|(s, r)| s * r)
+                    .collect();
+                grads.register::<Flex>(node.id, vector(dgamma));
+            }
+            if let Some(node) = node_beta {
+                grads.register::<Flex>(node.id, vector(sums.dy));
+            }
+        }
+    }
+
+    fn batch_norm(
+        x: Tensor<FlexAd, 3>,
+        gamma: Tensor<FlexAd, 1>,
+        beta: Tensor<FlexAd, 1>,
+        epsilon: f64,
+    ) -> (Tensor<FlexAd, 3>, Stats) {
+        let x = x.into_primitive().tensor();
+        let gamma = gamma.into_primitive().tensor();
+        let beta = beta.into_primitive().tensor();
+        let gammas: Vec<f32> = gamma
+            .primitive
+            .clone()
+            .to_contiguous()
+            .storage::<f32>()
+            .to_vec();
+        let betas = beta.primitive.clone().to_contiguous();
+        let xs = x.primitive.clone().to_contiguous();
+        let shape: [usize; 3] = xs.shape().dims();
+        let (ys, stats) = forward_f32(
+            xs.storage::<f32>(),
+            &gammas,
+            betas.storage::<f32>(),
+            shape,
+            epsilon,
+        );
+        let y = FlexTensor::from_data(TensorData::new(ys, shape));
+        let out = match BatchNormBackward
+            .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                prep.finish((x_state, stats.clone(), gammas), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (Tensor::from_primitive(TensorPrimitive::Float(out)), stats)
+    }
+
+    /// `y` and the statistics of `xs` (`[n, c, pixels]`).
+    pub(super) fn forward_f32(
+        xs: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        [n, c, pixels]: [usize; 3],
+        epsilon: f64,
+    ) -> (Vec<f32>, Stats) {
+        let count = (n * pixels).max(1) as f64;
+        let rows = |ch: usize| (0..n).map(move |i| &xs[(i * c + ch) * pixels..][..pixels]);
+        let (mean, var): (Vec<f32>, Vec<f32>) = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let mean = rows(ch).map(sum).sum::<f64>() / count;
+                let var = rows(ch)
+                    .map(|row| sum_squares_centered(row, mean as f32))
+                    .sum::<f64>()
+                    / count;
+                (mean as f32, var as f32)
+            })
+            .unzip();
+        let inv_std: Vec<f32> = var
+            .iter()
+            .map(|&v| (1.0 / (f64::from(v) + epsilon).sqrt()) as f32)
+            .collect();
+        let mut ys = vec![0.0f32; xs.len()];
+        ys.par_chunks_mut(c * pixels.max(1))
+            .zip(xs.par_chunks(c * pixels.max(1)))
+            .for_each(|(y_image, x_image)| {
+                for (ch, (y, x)) in y_image
+                    .chunks_mut(pixels)
+                    .zip(x_image.chunks(pixels))
+                    .enumerate()
+                {
+                    let (m, scale, shift) = (mean[ch], gamma[ch] * inv_std[ch], beta[ch]);
+                    for (y, x) in y.iter_mut().zip(x) {
+                        *y = (x - m) * scale + shift;
+                    }
+                }
+            });
+        (ys, Stats { mean, var, inv_std })
+    }
+
+    /// Per-channel `Σ dy` and `Σ dy·(x − μ)`.
+    pub(super) struct GradSums {
+        pub(super) dy: Vec<f32>,
+        pub(super) dy_centered: Vec<f32>,
+    }
+
+    pub(super) fn grad_sums(
+        xs: &[f32],
+        dys: &[f32],
+        [n, c, pixels]: [usize; 3],
+        mean: &[f32],
+    ) -> GradSums {
+        let (dy, dy_centered) = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut s, mut s_centered) = (0.0f64, 0.0f64);
+                for i in 0..n {
+                    let at = (i * c + ch) * pixels;
+                    let (x, dy) = (&xs[at..at + pixels], &dys[at..at + pixels]);
+                    s += sum(dy);
+                    s_centered += dot_centered(dy, x, mean[ch]);
+                }
+                (s as f32, s_centered as f32)
+            })
+            .unzip();
+        GradSums { dy, dy_centered }
+    }
+
+    /// `dx = γ/σ · (dy − Σdy/m) − γ/σ³ · (x − μ) · Σdy(x − μ)/m`, `m` the
+    /// values per channel.
+    pub(super) fn input_grad_f32(
+        xs: &[f32],
+        dys: &[f32],
+        [n, c, pixels]: [usize; 3],
+        stats: &Stats,
+        gamma: &[f32],
+        sums: &GradSums,
+    ) -> Vec<f32> {
+        let count = (n * pixels).max(1) as f32;
+        // dx = a·dy + b·(x − μ) + d per channel
+        let coefficients: Vec<[f32; 4]> = (0..c)
+            .map(|ch| {
+                let r = stats.inv_std[ch];
+                let a = gamma[ch] * r;
+                let b = -a * r * r * sums.dy_centered[ch] / count;
+                let d = -a * sums.dy[ch] / count;
+                [a, b, d, stats.mean[ch]]
+            })
+            .collect();
+        let mut dx = vec![0.0f32; xs.len()];
+        dx.par_chunks_mut(c * pixels.max(1))
+            .zip(xs.par_chunks(c * pixels.max(1)))
+            .zip(dys.par_chunks(c * pixels.max(1)))
+            .for_each(|((dx_image, x_image), dy_image)| {
+                for (ch, ((dx, x), dy)) in dx_image
+                    .chunks_mut(pixels)
+                    .zip(x_image.chunks(pixels))
+                    .zip(dy_image.chunks(pixels))
+                    .enumerate()
+                {
+                    let [a, b, d, m] = coefficients[ch];
+                    for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
+                        *dx = a * dy + b * (x - m) + d;
+                    }
+                }
+            });
+        dx
+    }
+
+    /// `Σ v`, in `LANES` partial sums (which the compiler vectorises).
+    fn sum(v: &[f32]) -> f64 {
+        let mut lanes = [0.0f32; LANES];
+        let chunks = v.chunks_exact(LANES);
+        let tail: f32 = chunks.remainder().iter().sum();
+        for chunk in chunks {
+            for (lane, x) in lanes.iter_mut().zip(chunk) {
+                *lane += x;
+            }
+        }
+        lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(tail)
+    }
+
+    /// `Σ (v − m)²`.
+    fn sum_squares_centered(v: &[f32], m: f32) -> f64 {
+        let mut lanes = [0.0f32; LANES];
+        let chunks = v.chunks_exact(LANES);
+        let tail: f32 = chunks.remainder().iter().map(|x| (x - m) * (x - m)).sum();
+        for chunk in chunks {
+            for (lane, x) in lanes.iter_mut().zip(chunk) {
+                *lane += (x - m) * (x - m);
+            }
+        }
+        lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(tail)
+    }
+
+    /// `Σ dy·(x − m)`.
+    fn dot_centered(dy: &[f32], x: &[f32], m: f32) -> f64 {
+        let mut lanes = [0.0f32; LANES];
+        let (dys, xs) = (dy.chunks_exact(LANES), x.chunks_exact(LANES));
+        let tail: f32 = dys
+            .remainder()
+            .iter()
+            .zip(xs.remainder())
+            .map(|(g, x)| g * (x - m))
+            .sum();
+        for (g, x) in dys.zip(xs) {
+            for ((lane, g), x) in lanes.iter_mut().zip(g).zip(x) {
+                *lane += g * (x - m);
+            }
+        }
+        lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(tail)
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::Param;
+    use burn::nn::{BatchNorm, BatchNormConfig};
+    use burn::tensor::Distribution;
+
+    type A = Autodiff<Flex>;
+
+    fn max_diff<const D: usize>(a: Tensor<A, D>, b: Tensor<A, D>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    fn layer(device: &burn::tensor::Device<A>) -> BatchNorm<A> {
+        BatchNorm {
+            gamma: Param::from_tensor(Tensor::from_floats([0.5, -1.5, 2.0, 1.0], device)),
+            beta: Param::from_tensor(Tensor::from_floats([0.0, 1.0, -0.5, 3.0], device)),
+            ..BatchNormConfig::new(4).init::<A>(device)
+        }
+    }
+
+    #[test]
+    fn taken_on_autodiff_flex_only() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 3>::ones([2, 3, 4], &device);
+        let v = Tensor::<Flex, 1>::ones([3], &device);
+        assert!(batch_norm_train(&x, &v, &v, 1e-5).is_none());
+        let (x, v) = (Tensor::<A, 3>::from_inner(x), Tensor::<A, 1>::from_inner(v));
+        assert!(batch_norm_train(&x, &v, &v, 1e-5).is_some());
+        // mismatched channels: left to the tensor formula
+        let v2 = Tensor::<A, 1>::ones([2], &device);
+        assert!(batch_norm_train(&x, &v2, &v2, 1e-5).is_none());
+    }
+
+    /// Many pixels per row (the vectorised sums and their remainders), an
+    /// offset mean and a small spread (the centring's precision).
+    #[test]
+    fn matches_burn_batch_norm_on_wide_rows_far_from_zero() {
+        let device = Default::default();
+        let bn = layer(&device);
+        let x = Tensor::<A, 4>::random([6, 4, 7, 7], Distribution::Normal(20.0, 0.5), &device)
+            .require_grad();
+        let ours = crate::norm::batch_norm(&bn, x.clone());
+        let theirs = bn.forward(x.clone());
+        let diff = max_diff(ours.clone(), theirs.clone());
+        assert!(diff < 1e-3, "outputs differ by {diff}");
+
+        let w = Tensor::<A, 4>::random([6, 4, 7, 7], Distribution::Default, &device);
+        let g1 = (ours * w.clone()).sum().backward();
+        let g2 = (theirs * w).sum().backward();
+        let (gx1, gx2) = (x.grad(&g1).expect("grad"), x.grad(&g2).expect("grad"));
+        let scale: f32 = gx2.clone().abs().max().into_scalar();
+        let diff: f32 = (gx1 - gx2).abs().max().into_scalar();
+        assert!(
+            diff < 1e-3 * scale.max(1.0),
+            "input gradients differ by {diff}"
+        );
+        let (dg1, dg2) = (bn.gamma.grad(&g1), bn.gamma.grad(&g2));
+        let diff: f32 = (dg1.expect("grad") - dg2.expect("grad"))
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(diff < 1e-2, "γ gradients differ by {diff}");
+    }
+
+    /// The target network: nothing tracked, batch statistics all the same.
+    #[test]
+    fn untracked_forward_uses_batch_statistics() {
+        let device = Default::default();
+        let bn = layer(&device).no_grad();
+        let x = Tensor::<A, 4>::random([5, 4, 3, 3], Distribution::Normal(1.0, 2.0), &device);
+        let ours = crate::norm::batch_norm(&bn, x.clone());
+        assert!(max_diff(ours, bn.forward(x)) < 1e-4);
+    }
+}
