@@ -138,6 +138,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         100.0 * report.knn.top1,
         100.0 * report.knn.top5
     );
+    println!(
+        "  {:<32} top-1 {:6.2}%  top-5 {:6.2}%",
+        "  the same on raw pixels",
+        100.0 * report.knn_raw_pixels.top1,
+        100.0 * report.knn_raw_pixels.top5
+    );
     let p = &report.probe_config;
     let name = format!("linear probe ({:?}, {} epochs)", p.optimizer, p.epochs).to_lowercase();
     println!(

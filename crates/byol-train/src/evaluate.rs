@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use byol_data::{Dataset, Split};
 use byol_eval::{
     EmbeddingWriter, KnnAccuracy, KnnConfig, ProbeConfig, ProbeResult, extract_features,
-    for_each_feature_batch, knn_classify, labels, linear_probe,
+    for_each_feature_batch, knn_classify, labels, linear_probe, pixel_features,
 };
 use byol_model::{Encoder, ResNet};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -43,6 +43,9 @@ pub struct EvalReport {
     pub knn: KnnAccuracy,
     /// Its settings.
     pub knn_config: KnnConfig,
+    /// The same kNN on raw pixels in [0, 1]: the floor the encoder has to
+    /// beat, at the same `k` and temperature.
+    pub knn_raw_pixels: KnnAccuracy,
     /// Linear probe on the test split.
     pub probe: ProbeResult,
     /// Its settings.
@@ -137,6 +140,18 @@ pub fn evaluate<B: AutodiffBackend>(
         100.0 * knn.top1,
         100.0 * knn.top5
     );
+    let knn_raw_pixels = raw_pixel_knn::<B::InnerBackend>(
+        (&*train, &train_labels),
+        (&*test, &test_labels),
+        config,
+        device,
+    )?;
+    tracing::info!(
+        "kNN of raw pixels (k = {}): top-1 {:.2}%  top-5 {:.2}%",
+        config.eval.knn.k,
+        100.0 * knn_raw_pixels.top1,
+        100.0 * knn_raw_pixels.top5
+    );
     let p = &config.eval.probe;
     let pb = bar(
         show,
@@ -171,10 +186,30 @@ pub fn evaluate<B: AutodiffBackend>(
         feature_dim: encoder.output_dim(),
         knn,
         knn_config: config.eval.knn.clone(),
+        knn_raw_pixels,
         probe,
         probe_config: p.clone(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The config's kNN on raw pixels of a labelled train and test split.
+fn raw_pixel_knn<B: Backend>(
+    (train, train_labels): (&dyn Dataset, &[u32]),
+    (test, test_labels): (&dyn Dataset, &[u32]),
+    config: &RunConfig,
+    device: &B::Device,
+) -> Result<KnnAccuracy, TrainError> {
+    let transform = config.augment.eval_transform();
+    let batch = config.eval.batch_size;
+    let pixels = |split| pixel_features::<B>(split, 0, &transform, batch, device, &|| false);
+    Ok(knn_classify(
+        pixels(train)?,
+        train_labels,
+        pixels(test)?,
+        test_labels,
+        &config.eval.knn,
+    )?)
 }
 
 /// Name of the file [`evaluate_run`] writes for `network`.

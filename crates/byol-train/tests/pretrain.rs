@@ -215,7 +215,7 @@ fn the_target_encoder_is_read_from_the_newest_checkpoint_and_evaluated() {
         "train.tau_base=0.5",
         "eval.probe.epochs=5",
     ]);
-    run(&config, out.path()).expect("run should finish");
+    let summary = run(&config, out.path()).expect("run should finish");
     let device = Default::default();
     let run = Run::open(out.path()).expect("run folder");
     let target = run
@@ -259,6 +259,12 @@ fn the_target_encoder_is_read_from_the_newest_checkpoint_and_evaluated() {
     .expect("the target evaluates");
     assert_eq!(report.step, Some(4));
     assert!(report.knn.top1 > 0.3, "{report:?}");
+    // the floor at the same k, as the pretraining measured it
+    assert_eq!(
+        Some(report.knn_raw_pixels),
+        summary.knn_raw_pixels,
+        "{report:?}"
+    );
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("eval-target.json")).expect("eval-target.json"),
     )
