@@ -198,12 +198,12 @@ mod flex {
         let (mean, var): (Vec<f32>, Vec<f32>) = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let mean = rows(ch).map(sum).sum::<f64>() / count;
-                let var = rows(ch)
-                    .map(|row| sum_squares_centered(row, mean as f32))
-                    .sum::<f64>()
-                    / count;
-                (mean as f32, var as f32)
+                let mut sum = Lanes::default();
+                rows(ch).for_each(|row| sum.add(row, row, |x, _| x));
+                let mean = (sum.total() / count) as f32;
+                let mut squares = Lanes::default();
+                rows(ch).for_each(|row| squares.add(row, row, |x, _| (x - mean) * (x - mean)));
+                (mean, (squares.total() / count) as f32)
             })
             .unzip();
         let inv_std: Vec<f32> = var
@@ -243,14 +243,14 @@ mod flex {
         let (dy, dy_centered) = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mut s, mut s_centered) = (0.0f64, 0.0f64);
+                let (mut s, mut s_centered, m) = (Lanes::default(), Lanes::default(), mean[ch]);
                 for i in 0..n {
                     let at = (i * c + ch) * pixels;
                     let (x, dy) = (&xs[at..at + pixels], &dys[at..at + pixels]);
-                    s += sum(dy);
-                    s_centered += dot_centered(dy, x, mean[ch]);
+                    s.add(dy, dy, |g, _| g);
+                    s_centered.add(dy, x, |g, x| g * (x - m));
                 }
-                (s as f32, s_centered as f32)
+                (s.total() as f32, s_centered.total() as f32)
             })
             .unzip();
         GradSums { dy, dy_centered }
@@ -297,48 +297,37 @@ mod flex {
         dx
     }
 
-    /// `Σ v`, in `LANES` partial sums (which the compiler vectorises).
-    fn sum(v: &[f32]) -> f64 {
-        let mut lanes = [0.0f32; LANES];
-        let chunks = v.chunks_exact(LANES);
-        let tail: f32 = chunks.remainder().iter().sum();
-        for chunk in chunks {
-            for (lane, x) in lanes.iter_mut().zip(chunk) {
-                *lane += x;
-            }
-        }
-        lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(tail)
+    /// A sum over the rows of one channel, kept in `LANES` partial sums
+    /// (which the compiler vectorises) and one for the rows' tails, added
+    /// up once at the end.
+    #[derive(Default)]
+    struct Lanes {
+        lanes: [f32; LANES],
+        tail: f32,
     }
 
-    /// `Σ (v − m)²`.
-    fn sum_squares_centered(v: &[f32], m: f32) -> f64 {
-        let mut lanes = [0.0f32; LANES];
-        let chunks = v.chunks_exact(LANES);
-        let tail: f32 = chunks.remainder().iter().map(|x| (x - m) * (x - m)).sum();
-        for chunk in chunks {
-            for (lane, x) in lanes.iter_mut().zip(chunk) {
-                *lane += (x - m) * (x - m);
+    impl Lanes {
+        /// Adds `f(a[i], b[i])` over a row (`a`, `b` of the same length).
+        #[inline(always)]
+        fn add(&mut self, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+            let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+            for (&x, &y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
+                self.tail += f(x, y);
+            }
+            for (a, b) in a_chunks.zip(b_chunks) {
+                let (Ok(a), Ok(b)) = (<&[f32; LANES]>::try_from(a), <&[f32; LANES]>::try_from(b))
+                else {
+                    continue;
+                };
+                for k in 0..LANES {
+                    self.lanes[k] += f(a[k], b[k]);
+                }
             }
         }
-        lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(tail)
-    }
 
-    /// `Σ dy·(x − m)`.
-    fn dot_centered(dy: &[f32], x: &[f32], m: f32) -> f64 {
-        let mut lanes = [0.0f32; LANES];
-        let (dys, xs) = (dy.chunks_exact(LANES), x.chunks_exact(LANES));
-        let tail: f32 = dys
-            .remainder()
-            .iter()
-            .zip(xs.remainder())
-            .map(|(g, x)| g * (x - m))
-            .sum();
-        for (g, x) in dys.zip(xs) {
-            for ((lane, g), x) in lanes.iter_mut().zip(g).zip(x) {
-                *lane += g * (x - m);
-            }
+        fn total(&self) -> f64 {
+            self.lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(self.tail)
         }
-        lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(tail)
     }
 }
 
