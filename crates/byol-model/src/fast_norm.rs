@@ -13,9 +13,10 @@
 //! and one pass writing `y = (x − μ)·γ/σ + β`; backward, per-channel sums
 //! of `dy` and `dy·(x − μ)`, then one pass writing
 //! `dx = γ/σ · (dy − mean(dy) − x̂·mean(dy·x̂))`. The backward step keeps
-//! `x` (already kept by the convolution that produced it) and the
-//! per-channel statistics, not the normalised activations. Every other
-//! backend computes BatchNorm with tensor operations, unchanged.
+//! `x` (one activation-sized tensor, as the tensor formula kept its
+//! centred copy) and the per-channel statistics, and recomputes `x̂` from
+//! them. Every other backend computes BatchNorm with tensor operations,
+//! unchanged.
 
 use burn::prelude::*;
 
