@@ -378,6 +378,33 @@ mod flex {
         Some(dx)
     }
 
+    /// `dst[j][i] = src[i][j]` for `src` of `[rows, cols]` and `dst` of
+    /// `[cols, rows]`: eight source rows at a time, so that the reads walk
+    /// eight rows in step and each output row gets eight neighbours (a
+    /// gather per element was ~8% of the step's samples).
+    pub(super) fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+        const TILE: usize = 8;
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        let full = rows - rows % TILE;
+        for i0 in (0..full).step_by(TILE) {
+            let block: [&[f32]; TILE] =
+                std::array::from_fn(|k| &src[(i0 + k) * cols..(i0 + k + 1) * cols]);
+            for (j, out) in dst.chunks_exact_mut(rows).enumerate() {
+                for (o, row) in out[i0..i0 + TILE].iter_mut().zip(&block) {
+                    *o = row[j];
+                }
+            }
+        }
+        for i in full..rows {
+            let row = &src[i * cols..(i + 1) * cols];
+            for (out, &v) in dst.chunks_exact_mut(rows).zip(row) {
+                out[i] = v;
+            }
+        }
+    }
+
     /// Sizes of one convolution, for im2col.
     #[derive(Debug, Clone, Copy)]
     pub(super) struct Geometry {
@@ -475,11 +502,7 @@ mod flex {
                 .for_each_init(
                     || vec![0.0f32; image],
                     |hwc, (dst, src)| {
-                        for (p, px) in hwc.chunks_mut(g.c).enumerate() {
-                            for (ch, v) in px.iter_mut().enumerate() {
-                                *v = src[ch * plane + p];
-                            }
-                        }
+                        transpose(src, hwc, g.c, plane);
                         for (p, out_row) in dst.chunks_mut(row).enumerate() {
                             for (i, from, j0, j1) in g.window(p) {
                                 out_row[i * line + j0 * g.c..i * line + j1 * g.c]
@@ -515,11 +538,7 @@ mod flex {
                                 }
                             }
                         }
-                        for (ch, plane_out) in dst.chunks_mut(plane).enumerate() {
-                            for (p, v) in plane_out.iter_mut().enumerate() {
-                                *v = hwc[p * g.c + ch];
-                            }
-                        }
+                        transpose(hwc, dst, plane, g.c);
                     },
                 );
         }
@@ -566,7 +585,34 @@ mod tests {
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::{Distribution, Tensor, TensorData, module::conv2d, ops::ConvOptions};
 
+    use super::flex::transpose;
     use super::{conv2d_no_bias, has_fast_weight_grad};
+
+    #[test]
+    fn transpose_matches_the_definition() {
+        for (rows, cols) in [
+            (1, 1),
+            (3, 5),
+            (8, 4),
+            (17, 9),
+            (32, 196),
+            (196, 32),
+            (0, 3),
+        ] {
+            let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+            let mut dst = vec![-1.0; rows * cols];
+            transpose(&src, &mut dst, rows, cols);
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        dst[j * rows + i],
+                        src[i * cols + j],
+                        "{rows}x{cols} at ({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
 
     type B = Autodiff<Flex>;
 
@@ -607,6 +653,8 @@ mod tests {
             (2, 3, 6, 5, 1, 2),
             (4, 1, 9, 3, 3, 2),
             (5, 4, 5, 2, 3, 1),
+            // channels past one transpose tile of 8, with a remainder
+            (2, 11, 5, 3, 3, 2),
         ]
         .iter()
         .enumerate()
