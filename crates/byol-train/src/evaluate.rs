@@ -9,8 +9,8 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use byol_data::{Dataset, Split};
 use byol_eval::{
-    EmbeddingWriter, KnnAccuracy, KnnConfig, ProbeConfig, ProbeResult, extract_features,
-    for_each_feature_batch, knn_classify, labels, linear_probe, pixel_features,
+    EmbeddingWriter, EvalError, KnnAccuracy, KnnConfig, ProbeConfig, ProbeResult, extract_features,
+    for_each_feature_batch, knn_classify, labels, linear_probe,
 };
 use byol_model::{Encoder, ResNet};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::checkpoint::write_atomic;
 use crate::run::{Network, Run, check_fits, open_split};
+use crate::trainer::{KnnData, StopSignal, knn_eval};
 use crate::{RunConfig, TrainError};
 
 /// The figures of `cargo xtask eval`, as written to `eval.json`
@@ -122,16 +123,21 @@ pub fn evaluate<B: AutodiffBackend>(
     let test = open_split(config, Split::Test, config.data.test_limit)?;
     check_fits(config, encoder, &*train)?;
     check_fits(config, encoder, &*test)?;
-    let train_labels = labels(&*train, 0)?;
-    let test_labels = labels(&*test, 0)?;
+    let split = KnnData {
+        bank_labels: labels(&*train, 0)?,
+        query_labels: labels(&*test, 0)?,
+        bank: train,
+        queries: test,
+    };
+    let (train_labels, test_labels) = (&split.bank_labels, &split.query_labels);
     let show = options.progress;
-    let train_f = features(encoder, &*train, config, device, "train", show)?;
-    let test_f = features(encoder, &*test, config, device, "test", show)?;
+    let train_f = features(encoder, &*split.bank, config, device, "train", show)?;
+    let test_f = features(encoder, &*split.queries, config, device, "test", show)?;
     let knn = knn_classify(
         train_f.clone(),
-        &train_labels,
+        train_labels,
         test_f.clone(),
-        &test_labels,
+        test_labels,
         &config.eval.knn,
     )?;
     tracing::info!(
@@ -140,12 +146,16 @@ pub fn evaluate<B: AutodiffBackend>(
         100.0 * knn.top1,
         100.0 * knn.top5
     );
-    let knn_raw_pixels = raw_pixel_knn::<B::InnerBackend>(
-        (&*train, &train_labels),
-        (&*test, &test_labels),
+    // the pretraining monitor's baseline; `None` only for a stop, never
+    // requested here
+    let knn_raw_pixels = knn_eval::<B::InnerBackend, ResNet<B::InnerBackend>>(
+        None,
+        &split,
         config,
         device,
-    )?;
+        &StopSignal::default(),
+    )?
+    .ok_or(EvalError::Stopped)?;
     tracing::info!(
         "kNN of raw pixels (k = {}): top-1 {:.2}%  top-5 {:.2}%",
         config.eval.knn.k,
@@ -160,9 +170,9 @@ pub fn evaluate<B: AutodiffBackend>(
     );
     let probe = linear_probe::<B>(
         train_f,
-        &train_labels,
+        train_labels,
         test_f,
-        &test_labels,
+        test_labels,
         p,
         config.seed,
         &|done, _| pb.set_position(done as u64),
@@ -181,8 +191,8 @@ pub fn evaluate<B: AutodiffBackend>(
         weights: None,
         step: None,
         data: config.data.path.clone(),
-        train_images: train.len(),
-        test_images: test.len(),
+        train_images: split.bank.len(),
+        test_images: split.queries.len(),
         feature_dim: encoder.output_dim(),
         knn,
         knn_config: config.eval.knn.clone(),
@@ -191,25 +201,6 @@ pub fn evaluate<B: AutodiffBackend>(
         probe_config: p.clone(),
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// The config's kNN on raw pixels of a labelled train and test split.
-fn raw_pixel_knn<B: Backend>(
-    (train, train_labels): (&dyn Dataset, &[u32]),
-    (test, test_labels): (&dyn Dataset, &[u32]),
-    config: &RunConfig,
-    device: &B::Device,
-) -> Result<KnnAccuracy, TrainError> {
-    let transform = config.augment.eval_transform();
-    let batch = config.eval.batch_size;
-    let pixels = |split| pixel_features::<B>(split, 0, &transform, batch, device, &|| false);
-    Ok(knn_classify(
-        pixels(train)?,
-        train_labels,
-        pixels(test)?,
-        test_labels,
-        &config.eval.knn,
-    )?)
 }
 
 /// Name of the file [`evaluate_run`] writes for `network`.

@@ -205,11 +205,11 @@ impl StopSignal {
 }
 
 /// The labelled splits of the kNN monitor.
-struct KnnData {
-    bank: Arc<dyn Dataset>,
-    bank_labels: Vec<u32>,
-    queries: Arc<dyn Dataset>,
-    query_labels: Vec<u32>,
+pub(crate) struct KnnData {
+    pub(crate) bank: Arc<dyn Dataset>,
+    pub(crate) bank_labels: Vec<u32>,
+    pub(crate) queries: Arc<dyn Dataset>,
+    pub(crate) query_labels: Vec<u32>,
 }
 
 struct Data {
@@ -314,7 +314,7 @@ fn optional(
 /// on the run's kNN data; `None` when `stop` is requested before the
 /// features are complete, so that a stop does not wait for a long
 /// evaluation.
-fn knn_eval<B: Backend, E: Encoder<B>>(
+pub(crate) fn knn_eval<B: Backend, E: Encoder<B>>(
     encoder: Option<&E>,
     knn: &KnnData,
     config: &RunConfig,
