@@ -569,11 +569,7 @@ mod flex {
                 .chunks(self.row_len().max(1))
                 .zip(out.chunks_mut(self.row_len().max(1)))
             {
-                for ch in 0..self.c {
-                    for t in 0..taps {
-                        dst[t * self.c + ch] = src[ch * taps + t];
-                    }
-                }
+                transpose(src, dst, self.c, taps);
             }
             out
         }
