@@ -7,10 +7,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc keeps freed pages for reuse: with glibc's malloc, the
-/// megabyte-sized im2col and product buffers of every convolution came back
-/// from the kernel as fresh zeroed pages each step (docs/results.md,
-/// "Optimising the step").
+/// mimalloc keeps freed pages for reuse, so the megabyte-sized im2col and
+/// product buffers that every convolution allocates on every step are
+/// recycled; glibc's malloc hands buffers that large back to the kernel and
+/// gets them again as fresh zeroed pages (page faults, `clear_page`). What
+/// it bought: docs/results-log.md, "Optimising the step".
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -1,4 +1,5 @@
-//! Faster convolutions on burn's Flex CPU backend.
+//! Convolutions on burn's Flex CPU backend as one wide matrix product per
+//! chunk of images.
 //!
 //! burn 0.21 computes a convolution's weight gradient as another
 //! convolution: the input with its batch and channel axes swapped,
@@ -6,11 +7,9 @@
 //! size of the whole output. On Flex that means two element-by-element
 //! copies of permuted tensors on one thread, and one matrix product per
 //! input channel with only `k × k` (9) columns, which fills a fraction of
-//! the SIMD tiles: a third of the CPU time of a BYOL step of the small
-//! encoder (docs/results.md, "Optimising the step"). Its forward pass
-//! multiplies one image at a time, `[out, in × k × k]` by
-//! `[in × k × k, pixels]`, where `pixels` is 196, 49 or 16 in the small
-//! encoder: narrow products, again mostly edge tiles.
+//! the SIMD tiles. Its forward pass multiplies one image at a time,
+//! `[out, in × k × k]` by `[in × k × k, pixels]`, where `pixels` is 196,
+//! 49 or 16 in the small encoder: narrow products, again mostly edge tiles.
 //!
 //! Here, on `Flex` and `Autodiff<Flex>`, the forward pass is one wide
 //! matrix product per chunk of images, `W · colsᵀ` with the im2col matrix
@@ -21,7 +20,14 @@
 //! matrix, and the input gradient is `Gᵀ · W` (the gradient of the im2col
 //! matrix) added back onto the pixels it was gathered from (col2im), in
 //! place of burn's transposed convolution. Every other backend (CUDA,
-//! NdArray) runs burn's convolution unchanged.
+//! NdArray) runs burn's convolution unchanged. Outputs and both gradients
+//! equal burn's to a relative 1e-5 (the tests below).
+//!
+//! The step's speed with this module: docs/results.md, "BYOL step against
+//! PyTorch". What each part bought, and the variants that lost to Flex's
+//! own kernels (an im2col by strided writes, a GEMM + col2im input
+//! gradient before the channels-last layout): docs/results-log.md,
+//! "Optimising the step".
 
 use burn::tensor::{Tensor, module::conv2d, ops::ConvOptions};
 
@@ -380,8 +386,8 @@ mod flex {
 
     /// `dst[j][i] = src[i][j]` for `src` of `[rows, cols]` and `dst` of
     /// `[cols, rows]`: eight source rows at a time, so that the reads walk
-    /// eight rows in step and each output row gets eight neighbours (a
-    /// gather per element was ~8% of the step's samples).
+    /// eight rows in step and each output row gets eight neighbours at
+    /// once, instead of one strided read and one write per element.
     pub(super) fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
         const TILE: usize = 8;
         if rows == 0 || cols == 0 {

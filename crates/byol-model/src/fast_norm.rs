@@ -3,10 +3,8 @@
 //! Written with tensor operations ([`crate::norm`]), BatchNorm with batch
 //! statistics is about ten element-wise passes over the activations
 //! forward (sums, centring, squares, scaling, shifting) and as many
-//! again backward, each allocating its output, most of them on the
-//! calling thread: the profile of a BYOL step of the small encoder put
-//! BatchNorm's operations at ~8% of the wall time, all serial
-//! (docs/results.md, "Optimising the step").
+//! again backward, each allocating its output, most of them serial on the
+//! calling thread while rayon's workers wait.
 //!
 //! Here, on `Autodiff<Flex>`, it is one recorded operation with parents
 //! `x`, `γ` and `β`: forward, per-channel sums (in parallel over channels)
@@ -16,7 +14,8 @@
 //! `x` (one activation-sized tensor, as the tensor formula kept its
 //! centred copy) and the per-channel statistics, and recomputes `x̂` from
 //! them. Every other backend computes BatchNorm with tensor operations,
-//! unchanged.
+//! unchanged. What it bought on the step: docs/results-log.md,
+//! "Optimising the step".
 
 use burn::prelude::*;
 

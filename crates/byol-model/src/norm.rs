@@ -6,8 +6,9 @@
 //!
 //! burn's own `BatchNorm::forward` broadcasts `[1, C, 1, 1]` statistics over
 //! `[N, C, H, W]` activations. On the Flex backend (burn 0.21) that broadcast
-//! pattern has no SIMD kernel and falls back to a scalar strided walk, which
-//! was measured at 40% of a whole BYOL step of the small encoder. Here the
+//! pattern has no SIMD kernel and falls back to a scalar strided walk over
+//! every activation (what that cost a step: docs/results-log.md,
+//! "Optimising the step", first row). Here the
 //! per-channel vectors are repeated to `[N, C, 1]` first (N·C values), so
 //! every full-size operation is either element-wise on equal shapes or a
 //! per-row scalar broadcast over `[N, C, H·W]`, both of which Flex runs with
