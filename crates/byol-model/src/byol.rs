@@ -175,6 +175,30 @@ impl<B: Backend, E: Encoder<B>> Byol<B, E> {
         Self { online, target }.update_target(0.0)
     }
 
+    /// [`Byol::new`] with every weight drawn from `seed` alone: under
+    /// [`crate::seeded`] it builds the online encoder, the target encoder
+    /// (when `with_target`; none is the SimSiam variant) and the heads, and
+    /// [`crate::materialize`]s every parameter before the guard drops, so
+    /// that another model initialising in the process at the same time
+    /// cannot interleave its draws with these.
+    ///
+    /// `encoder` is called once per network and must build a fresh encoder
+    /// each time (never a `clone()`: see [`Byol::new`]).
+    pub fn seeded(
+        seed: u64,
+        device: &B::Device,
+        heads: &HeadsConfig,
+        with_target: bool,
+        mut encoder: impl FnMut(&B::Device) -> E,
+    ) -> Self {
+        let _generator = crate::seeded::<B>(device, seed);
+        let online = encoder(device);
+        let target = with_target.then(|| encoder(device));
+        let model = Self::new(online, target, heads, device);
+        crate::materialize(&model);
+        model
+    }
+
     /// One BYOL forward pass over the two views of a batch, each view
     /// through the networks on its own (BatchNorm statistics per view, as
     /// lightly and solo-learn).

@@ -49,21 +49,15 @@ pub fn conv2d_no_bias<B: burn::prelude::Backend>(
     conv2d(x, weight, None, options)
 }
 
-/// Whether [`conv2d_no_bias`] takes its own weight gradient on `B`.
+/// Whether [`conv2d_no_bias`] takes its own weight gradient on `B`
+/// ([`crate::kernels::paths`] decides).
 pub fn has_fast_weight_grad<B: burn::prelude::Backend>() -> bool {
-    #[cfg(feature = "flex")]
-    {
-        flex::is_flex_autodiff::<B>()
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        false
-    }
+    crate::kernels::paths::<B>().conv_backward == crate::kernels::KernelPath::Ours
 }
 
 #[cfg(feature = "flex")]
 mod flex {
-    use std::any::{Any, TypeId};
+    use std::any::Any;
 
     use burn::backend::autodiff::NodeId;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -82,10 +76,6 @@ mod flex {
     /// Floats of im2col matrix built at a time (16 MiB).
     const CHUNK_FLOATS: usize = 4 << 20;
 
-    pub(super) fn is_flex_autodiff<B: Backend>() -> bool {
-        TypeId::of::<B>() == TypeId::of::<FlexAd>()
-    }
-
     /// The convolution on `Autodiff<Flex>` with our forward and backward
     /// steps, or on `Flex` with our forward step; `None` on any other
     /// backend, or for grouped or dilated convolutions.
@@ -94,7 +84,10 @@ mod flex {
         weight: &Tensor<B, 4>,
         options: &ConvOptions<2>,
     ) -> Option<Tensor<B, 4>> {
-        if options.groups != 1 || options.dilation != [1, 1] {
+        if crate::kernels::paths::<B>().conv_forward != crate::kernels::KernelPath::Ours
+            || options.groups != 1
+            || options.dilation != [1, 1]
+        {
             return None;
         }
         // a kernel larger than the padded input: burn's to handle (or refuse)

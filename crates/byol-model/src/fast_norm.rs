@@ -36,6 +36,9 @@ pub fn batch_norm_train<B: Backend>(
 ) -> Option<(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)> {
     #[cfg(feature = "flex")]
     {
+        if crate::kernels::paths::<B>().batch_norm_train != crate::kernels::KernelPath::Ours {
+            return None;
+        }
         flex::try_batch_norm(x, gamma, beta, epsilon)
     }
     #[cfg(not(feature = "flex"))]

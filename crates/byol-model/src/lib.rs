@@ -28,6 +28,7 @@ mod byol;
 pub mod fast_conv;
 mod fast_norm;
 mod head;
+pub mod kernels;
 mod norm;
 mod resnet;
 mod rng;
