@@ -69,6 +69,7 @@
 pub mod embeddings;
 mod features;
 mod knn;
+mod monitor;
 mod probe;
 
 pub use byol_augment::EvalTransform;
@@ -78,6 +79,7 @@ pub use features::{
     sample_count,
 };
 pub use knn::{KnnAccuracy, KnnConfig, knn_classify};
+pub use monitor::{KnnData, KnnMonitorSettings, knn_eval};
 pub use probe::{ProbeConfig, ProbeOptimizer, ProbeResult, linear_probe};
 
 /// Errors of evaluation.
