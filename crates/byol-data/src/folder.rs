@@ -143,6 +143,12 @@ struct Walk {
 }
 
 impl Walk {
+    /// The full path of file `i`, under `dir`.
+    fn path(&self, dir: &Path, i: usize) -> PathBuf {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        dir.join(&self.arena[start..self.ends[i]])
+    }
+
     fn bad(&mut self, path: &Path, reason: impl Into<String>) {
         self.bad.push(BadFile {
             path: path.to_path_buf(),
@@ -267,6 +273,108 @@ pub struct FolderDataset {
     skipped: Vec<BadFile>,
 }
 
+/// The error of an I/O failure on `path`.
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Every candidate file of the split folder `dir`: in its class folders
+/// (the classes of `class_source`, sorted) when `classes` is not empty,
+/// else in the whole tree. Loose images beside class folders and folders
+/// that are not classes are recorded as bad.
+fn walk_split(dir: &Path, class_source: &Path, classes: &[String]) -> Result<Walk, DataError> {
+    let mut walk = Walk::default();
+    if classes.is_empty() {
+        walk.visit(dir, "", None);
+        return Ok(walk);
+    }
+    for entry in list_dir(dir).map_err(io_error(dir))? {
+        if is_hidden(&entry.name) {
+            continue;
+        }
+        match (entry.kind, entry.name.to_str()) {
+            (Kind::Dir, Some(name)) => match classes.binary_search_by(|c| c.as_str().cmp(name)) {
+                Ok(label) => {
+                    let label = u32::try_from(label).expect("class count should fit in u32");
+                    walk.visit(&entry.path, name, Some(label));
+                }
+                Err(_) => walk.bad(
+                    &entry.path,
+                    format!(
+                        "class folder {name:?} is not a class of {}",
+                        class_source.display()
+                    ),
+                ),
+            },
+            (Kind::Dir, None) => walk.bad(&entry.path, "class folder name is not valid UTF-8"),
+            (_, _) if is_image(&entry.path) => walk.bad(
+                &entry.path,
+                "image outside any class folder (the first level holds class folders)",
+            ),
+            _ => walk.ignored += 1,
+        }
+    }
+    Ok(walk)
+}
+
+/// The files of `walk` whose header does not decode, with the reason,
+/// checked in parallel; progress is reported every [`PROGRESS_EVERY`]
+/// files and at the end.
+fn check_headers(walk: &Walk, dir: &Path, options: &OpenOptions<'_>) -> Vec<(usize, String)> {
+    let total = walk.ends.len();
+    let done = AtomicUsize::new(0);
+    (0..total)
+        .into_par_iter()
+        .filter_map(|i| {
+            let result = check_header(&walk.path(dir, i));
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(progress) = options.progress
+                && (n.is_multiple_of(PROGRESS_EVERY) || n == total)
+            {
+                progress(n, total);
+            }
+            result.err().map(|reason| (i, reason))
+        })
+        .collect()
+}
+
+/// The files of `walk` but those in `drop`, as (arena, ends), and where
+/// each of the `n_classes` classes starts among them (files come in
+/// class order).
+fn keep_good(
+    walk: &Walk,
+    drop: &HashSet<usize>,
+    labelled: bool,
+    n_classes: usize,
+) -> (String, Vec<usize>, Vec<usize>) {
+    let mut arena = String::with_capacity(walk.arena.len());
+    let mut ends = Vec::with_capacity(walk.ends.len() - drop.len());
+    let mut class_starts = vec![0usize; n_classes];
+    let mut next_class = 0;
+    let mut start = 0;
+    for (i, &end) in walk.ends.iter().enumerate() {
+        if !drop.contains(&i) {
+            if labelled {
+                let label = walk.labels[i] as usize;
+                while next_class <= label {
+                    class_starts[next_class] = ends.len();
+                    next_class += 1;
+                }
+            }
+            arena.push_str(&walk.arena[start..end]);
+            ends.push(arena.len());
+        }
+        start = end;
+    }
+    for s in &mut class_starts[next_class..] {
+        *s = ends.len();
+    }
+    (arena, ends, class_starts)
+}
+
 impl FolderDataset {
     /// Lists one split of the image folder `root` and pre-scans every file
     /// (format and dimensions from its header; no full decode), applying
@@ -289,79 +397,19 @@ impl FolderDataset {
     /// image file at all.
     pub fn open(root: &Path, split: Split, options: &OpenOptions<'_>) -> Result<Self, DataError> {
         let (dir, train) = split_root(root, split)?;
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| DataError::Io { path, source }
-        };
         let class_source = train.as_deref().unwrap_or(&dir);
         let classes: Vec<String> = list_dir(class_source)
-            .map_err(io(class_source))?
+            .map_err(io_error(class_source))?
             .into_iter()
             .filter(|e| e.kind == Kind::Dir && !is_hidden(&e.name))
             .filter_map(|e| e.name.to_str().map(str::to_string))
             .collect();
-        let mut walk = Walk::default();
         let labelled = !classes.is_empty();
-        if labelled {
-            // Walk the class folders of this split; loose images at the top
-            // are bad, they have no class.
-            for entry in list_dir(&dir).map_err(io(&dir))? {
-                if is_hidden(&entry.name) {
-                    continue;
-                }
-                match (entry.kind, entry.name.to_str()) {
-                    (Kind::Dir, Some(name)) => {
-                        match classes.binary_search_by(|c| c.as_str().cmp(name)) {
-                            Ok(label) => {
-                                let label =
-                                    u32::try_from(label).expect("class count should fit in u32");
-                                walk.visit(&entry.path, name, Some(label));
-                            }
-                            Err(_) => walk.bad(
-                                &entry.path,
-                                format!(
-                                    "class folder {name:?} is not a class of {}",
-                                    class_source.display()
-                                ),
-                            ),
-                        }
-                    }
-                    (Kind::Dir, None) => {
-                        walk.bad(&entry.path, "class folder name is not valid UTF-8")
-                    }
-                    (_, _) if is_image(&entry.path) => walk.bad(
-                        &entry.path,
-                        "image outside any class folder (the first level holds class folders)",
-                    ),
-                    _ => walk.ignored += 1,
-                }
-            }
-        } else {
-            walk.visit(&dir, "", None);
-        }
-
+        let mut walk = walk_split(&dir, class_source, &classes)?;
         let mut bad = std::mem::take(&mut walk.bad);
-        let total = walk.ends.len();
-        let done = AtomicUsize::new(0);
-        let path_of = |i: usize| {
-            let start = if i == 0 { 0 } else { walk.ends[i - 1] };
-            dir.join(&walk.arena[start..walk.ends[i]])
-        };
-        let found: Vec<(usize, String)> = (0..total)
-            .into_par_iter()
-            .filter_map(|i| {
-                let result = check_header(&path_of(i));
-                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(progress) = options.progress
-                    && (n.is_multiple_of(PROGRESS_EVERY) || n == total)
-                {
-                    progress(n, total);
-                }
-                result.err().map(|reason| (i, reason))
-            })
-            .collect();
+        let found = check_headers(&walk, &dir, options);
         bad.extend(found.iter().map(|(i, reason)| BadFile {
-            path: path_of(*i),
+            path: walk.path(&dir, *i),
             reason: reason.clone(),
         }));
         if !bad.is_empty() && options.on_corrupt == OnCorrupt::Fail {
@@ -370,31 +418,8 @@ impl FolderDataset {
         for file in &bad {
             tracing::warn!(path = %file.path.display(), reason = %file.reason, "skipping bad file");
         }
-
-        // Drop the bad files and turn the per-file labels into class starts.
         let drop: HashSet<usize> = found.iter().map(|(i, _)| *i).collect();
-        let mut arena = String::with_capacity(walk.arena.len());
-        let mut ends = Vec::with_capacity(total - drop.len());
-        let mut class_starts = vec![0usize; classes.len()];
-        let mut next_class = 0;
-        let mut start = 0;
-        for (i, &end) in walk.ends.iter().enumerate() {
-            if !drop.contains(&i) {
-                if labelled {
-                    let label = walk.labels[i] as usize;
-                    while next_class <= label {
-                        class_starts[next_class] = ends.len();
-                        next_class += 1;
-                    }
-                }
-                arena.push_str(&walk.arena[start..end]);
-                ends.push(arena.len());
-            }
-            start = end;
-        }
-        for s in &mut class_starts[next_class..] {
-            *s = ends.len();
-        }
+        let (arena, ends, class_starts) = keep_good(&walk, &drop, labelled, classes.len());
         if ends.is_empty() && !bad.is_empty() {
             // Skipping left nothing: say why rather than "no image found".
             return Err(DataError::CorruptFiles { dir, files: bad });
