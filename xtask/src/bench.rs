@@ -10,11 +10,14 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use byol_data::{Dataset, FolderDataset, IdxDataset, OpenOptions, Split, Subset};
 use byol_model::Stem;
-use byol_train::bench::{StepBenchConfig, StepBenchResult, bench_data, bench_step, peak_rss_mib};
 use byol_train::{EncoderKind, ModelConfig, PretrainOptions, RunConfig};
 use clap::{Subcommand, ValueEnum};
 
 use crate::backend::{self, Task};
+
+mod kernels;
+
+use kernels::{StepBenchConfig, StepBenchResult, bench_data, bench_step, peak_rss_mib};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -221,10 +224,7 @@ struct Steps(Vec<StepBenchConfig>);
 impl Task for Steps {
     type Output = Vec<StepBenchResult>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        self.0
-            .iter()
-            .map(|c| Ok(bench_step::<B>(c, &device)?))
-            .collect()
+        self.0.iter().map(|c| bench_step::<B>(c, &device)).collect()
     }
 }
 

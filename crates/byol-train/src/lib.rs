@@ -7,7 +7,6 @@
 //! loss = ½(ℓ(p₁, sg(z₂)) + ℓ(p₂, sg(z₁))) with ℓ = 2 − 2·cos
 //! [BYOL, Grill et al. 2020, arXiv:2006.07733].
 
-pub mod bench;
 pub mod checkpoint;
 pub mod collapse;
 pub mod config;

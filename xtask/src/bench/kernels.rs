@@ -1,18 +1,20 @@
-//! Benchmarks of the training step, for `cargo xtask bench`. Figures from
-//! here go in docs/results.md with the command that made them; they are
-//! never asserted by tests.
+//! What `cargo xtask bench step` and `bench data` time: the training step
+//! on random inputs and the loader's work per batch. Figures from here go in
+//! docs/results.md with the command that made them; they are never asserted
+//! by tests.
 
 use std::time::Instant;
 
+use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 use byol_model::{Byol, ResNet};
+use byol_train::loader::{Plan, epoch_order, make_batch};
+use byol_train::{
+    ModelConfig, OptimizerKind, OptimizerSettings, Optimizers, StepSettings, byol_step,
+};
 use serde::Serialize;
-
-use crate::config::{ModelConfig, OptimizerKind};
-use crate::optim::OptimizerSettings;
-use crate::{Optimizers, StepSettings, TrainError, byol_step};
 
 /// One BYOL step setting to time.
 #[derive(Debug, Clone, Serialize)]
@@ -50,33 +52,34 @@ pub struct StepBenchResult {
     pub peak_rss_mib: Option<f64>,
 }
 
+/// Fails naming the first of `values` that is zero.
+fn at_least_one(values: &[(&str, usize)]) -> Result<()> {
+    if let Some((key, _)) = values.iter().find(|(_, v)| *v == 0) {
+        bail!("bench: {key} is 0, expected at least 1");
+    }
+    Ok(())
+}
+
 /// Times the full BYOL step of [`byol_step`] — both views through the
 /// online network with backward, both through the target, the Adam step and
 /// the EMA update — on random images, so that data loading is not counted.
 ///
 /// # Errors
 ///
-/// [`TrainError::InvalidConfig`] for a zero batch, step count or size, or an
-/// invalid encoder config.
+/// A zero batch, step count or size, or an invalid encoder config.
 pub fn bench_step<B: AutodiffBackend>(
     config: &StepBenchConfig,
     device: &B::Device,
-) -> Result<StepBenchResult, TrainError> {
-    for (key, v) in [
+) -> Result<StepBenchResult> {
+    at_least_one(&[
         ("batch_size", config.batch_size),
         ("steps", config.steps),
         ("size", config.size),
-    ] {
-        if v == 0 {
-            return Err(TrainError::InvalidConfig {
-                key: format!("bench.{key}"),
-                value: "0".into(),
-                expected: "at least 1".into(),
-            });
-        }
-    }
+    ])?;
     let encoder = config.model.encoder_config(config.channels);
-    encoder.validate("model")?;
+    encoder
+        .validate("model")
+        .with_context(|| format!("bench step {}", config.name))?;
     let shape = [config.batch_size, config.channels, config.size, config.size];
     let generator = byol_model::seeded::<B>(device, 0);
     let mut model: Byol<B, ResNet<B>> = Byol::new(
@@ -143,43 +146,33 @@ pub fn bench_step<B: AutodiffBackend>(
 }
 
 /// Images per second of the loader's work — decoding a batch's images and
-/// making their two views ([`crate::loader::make_batch`]) — over `batches`
-/// batches of `dataset`, on a rayon pool of `threads` threads.
+/// making their two views ([`make_batch`]) — over `batches` batches of
+/// `dataset`, on a rayon pool of `threads` threads.
 ///
 /// # Errors
 ///
-/// [`TrainError::InvalidConfig`] for zero threads, batches or a batch larger
-/// than the dataset; decode errors; [`TrainError::Dataset`] when the thread
-/// pool cannot be built.
+/// Zero threads or batches, a batch larger than the dataset, a decode
+/// error, or a thread pool that cannot be built.
 pub fn bench_data(
     dataset: &dyn byol_data::Dataset,
     augment: &byol_augment::AugmentConfig,
     batch_size: usize,
     batches: usize,
     threads: usize,
-) -> Result<f64, TrainError> {
-    for (key, v) in [
+) -> Result<f64> {
+    at_least_one(&[
         ("threads", threads),
         ("batches", batches),
         ("batch_size", batch_size),
-    ] {
-        if v == 0 {
-            return Err(TrainError::InvalidConfig {
-                key: format!("bench.{key}"),
-                value: "0".into(),
-                expected: "at least 1".into(),
-            });
-        }
-    }
+    ])?;
     let steps_per_epoch = dataset.len() / batch_size;
     if steps_per_epoch == 0 {
-        return Err(TrainError::InvalidConfig {
-            key: "bench.batch_size".into(),
-            value: batch_size.to_string(),
-            expected: format!("at most the dataset's {} images", dataset.len()),
-        });
+        bail!(
+            "bench: batch_size {batch_size} is more than the dataset's {} images",
+            dataset.len()
+        );
     }
-    let plan = crate::loader::Plan {
+    let plan = Plan {
         seed: 0,
         batch_size,
         steps_per_epoch,
@@ -189,7 +182,7 @@ pub fn bench_data(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
-        .map_err(|e| TrainError::Dataset(format!("thread pool: {e}")))?;
+        .with_context(|| format!("building a pool of {threads} threads"))?;
     pool.install(|| {
         let start = Instant::now();
         let mut images = 0;
@@ -197,9 +190,9 @@ pub fn bench_data(
         for step in 0..batches {
             let epoch = step / steps_per_epoch + 1;
             if order.0 != epoch {
-                order = (epoch, crate::loader::epoch_order(0, epoch, dataset.len()));
+                order = (epoch, epoch_order(0, epoch, dataset.len()));
             }
-            let batch = crate::loader::make_batch(
+            let batch = make_batch(
                 dataset,
                 &order.1,
                 &plan,
@@ -219,4 +212,50 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use byol_data::{IdxDataset, ImageSet};
+
+    fn dataset(n: usize) -> IdxDataset {
+        let pixels: Vec<u8> = (0..n * 64).map(|i| (i * 31 % 256) as u8).collect();
+        let images = ImageSet {
+            pixels,
+            height: 8,
+            width: 8,
+            channels: 1,
+        };
+        IdxDataset::new(images, None, "t").expect("no labels")
+    }
+
+    fn augment() -> byol_augment::AugmentConfig {
+        byol_augment::AugmentConfig {
+            size: 8,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bench_data_times_a_small_dataset_at_a_positive_rate() {
+        let ips = bench_data(&dataset(10), &augment(), 4, 3, 1).expect("runs");
+        assert!(ips.is_finite() && ips > 0.0, "{ips}");
+    }
+
+    #[test]
+    fn zero_sizes_and_a_batch_larger_than_the_data_are_refused_by_name() {
+        let ds = dataset(10);
+        for (batch, batches, threads, key) in [
+            (4, 3, 0, "threads"),
+            (4, 0, 1, "batches"),
+            (0, 3, 1, "batch_size"),
+            (11, 3, 1, "batch_size"),
+        ] {
+            let err = bench_data(&ds, &augment(), batch, batches, threads)
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
 }
