@@ -248,13 +248,41 @@ pub fn to_rgb8(values: &[f32], channels: usize, mean: &[f32], std: &[f32]) -> Ve
         .collect()
 }
 
-/// splitmix64's output function of `x`: a bijection of `u64` that spreads
-/// nearby inputs apart.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+/// splitmix64's increment, ⌊2⁶⁴/φ⌋ (the golden ratio).
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The first multiplier of splitmix64's finaliser, also the weight of the
+/// second index in [`mix_seed`].
+const MIX_MUL_1: u64 = 0xBF58_476D_1CE4_E5B9;
+
+/// splitmix64's finaliser (Stafford's "Mix13"): a bijection of `u64` that
+/// spreads nearby inputs apart.
+fn finalize(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(MIX_MUL_1);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The output of splitmix64 [Steele, Lea & Flood 2014; Vigna's
+/// `splitmix64.c`] from the state `x`: `x` advanced by the golden-ratio
+/// increment, then finalised. A bijection of `u64` that spreads nearby
+/// inputs apart; the one seed hash of the workspace (see also [`mix_seed`]).
+///
+/// ```
+/// // the first output of Vigna's generator seeded with 0
+/// assert_eq!(byol_augment::splitmix64(0), 0xE220_A839_7B1D_CDAF);
+/// ```
+pub fn splitmix64(x: u64) -> u64 {
+    finalize(x.wrapping_add(GOLDEN_GAMMA))
+}
+
+/// An independent seed for the pair of indices `(a, b)` under `seed`, e.g.
+/// (epoch, step): splitmix64's finaliser of `seed ^ a·γ ^ b·m`, with γ the
+/// golden-ratio increment and m the finaliser's first multiplier (both
+/// products wrapping). For a fixed `seed` and `b`, distinct `a` give
+/// distinct seeds, and likewise for `b`.
+pub fn mix_seed(seed: u64, a: u64, b: u64) -> u64 {
+    finalize(seed ^ a.wrapping_mul(GOLDEN_GAMMA) ^ b.wrapping_mul(MIX_MUL_1))
 }
 
 /// Seed of image `index` of a batch drawn with `seed`; distinct indices give
@@ -424,6 +452,16 @@ impl EvalTransform {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mix_seed_keeps_the_loaders_values() {
+        // the loader's seeds of (seed, epoch, step + 1) before the helper
+        // moved here, so that runs draw the batches they drew before
+        assert_eq!(mix_seed(42, 1, 0), 0xBDD7_3226_2FEB_6E95);
+        assert_eq!(mix_seed(42, 3, 8), 0x006A_A0D0_35B5_195C);
+        assert_eq!(mix_seed(7, 0, 1), 0x5905_16E8_1868_EDF1);
+        assert_ne!(mix_seed(42, 1, 2), mix_seed(42, 2, 1));
+    }
 
     /// A deterministic test image with structure in every channel.
     fn pattern(h: usize, w: usize, c: usize) -> Vec<u8> {

@@ -245,9 +245,11 @@ pub fn linear_probe<B: AutodiffBackend>(
             let mut model = model;
             let mut order: Vec<usize> = (0..n).collect();
             for epoch in 0..config.epochs {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-                    seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                );
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(byol_augment::mix_seed(
+                    seed,
+                    epoch as u64,
+                    0,
+                ));
                 order.shuffle(&mut rng);
                 for (k, chunk) in order.chunks(config.batch_size).enumerate() {
                     let step = epoch * steps_per_epoch + k;

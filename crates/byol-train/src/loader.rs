@@ -52,14 +52,9 @@ pub struct Batch {
     pub skipped: Vec<(String, String)>,
 }
 
-/// splitmix64 of (seed, a, b): independent seeds for each (epoch, step).
-pub fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    let mut z =
-        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+/// Independent seeds for each (epoch, step): [`byol_augment::mix_seed`],
+/// under the name the loader's callers know.
+pub use byol_augment::mix_seed as mix;
 
 /// The order of the `n` samples in `epoch` (1-based) of a run with `seed`.
 pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
