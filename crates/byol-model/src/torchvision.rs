@@ -135,15 +135,6 @@ fn floats<B: Backend, const D: usize>(
     })
 }
 
-/// Initialises every lazily initialised parameter it visits.
-struct Materialise;
-
-impl<B: Backend> burn::module::ModuleVisitor<B> for Materialise {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let _ = param.val();
-    }
-}
-
 /// The encoder's tensors under torchvision's names and shapes, in
 /// torchvision's `state_dict` order (without `fc`).
 ///
@@ -159,7 +150,7 @@ pub fn torchvision_state_dict<B: Backend>(
     // is only read here. burn initialises parameters lazily and the clone
     // of a parameter not yet used would draw its own values: materialise
     // the encoder's own first
-    encoder.visit(&mut Materialise);
+    crate::materialize(encoder);
     let mut net = encoder.clone();
     let mut out = Vec::new();
     walk(&mut net, &mut |prefix, layer| {
