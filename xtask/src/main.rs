@@ -1,6 +1,7 @@
 //! `cargo xtask`: the byol-rs command line. Thin: everything real lives in
 //! the library crates.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -83,6 +84,12 @@ fn main() -> Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_target(false)
+        // colour codes only for a terminal (a log piped to a file or CI
+        // reads as plain text), and not there either under NO_COLOR
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
