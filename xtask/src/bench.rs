@@ -478,6 +478,7 @@ impl Task for OneEpoch<'_> {
 }
 
 fn epoch(args: EpochArgs) -> Result<()> {
+    crate::data_exists(&args.data)?;
     let mut overrides = args.set.clone();
     overrides.push(format!(
         "data.path={}",

@@ -71,6 +71,7 @@ pub fn run_config(
         overrides.push(item.clone());
     }
     if let Some(data) = data {
+        crate::data_exists(data)?;
         overrides.push(format!(
             "data.path={}",
             toml::Value::String(data.display().to_string())

@@ -143,6 +143,18 @@ fn stop_on_signals() -> Result<byol_train::StopSignal> {
     Ok(stop)
 }
 
+/// Fails unless the `--data` path exists, before any format detection
+/// could report it as an unknown layout.
+fn data_exists(data: &std::path::Path) -> Result<()> {
+    if !data
+        .try_exists()
+        .with_context(|| format!("--data {}", data.display()))?
+    {
+        bail!("--data {}: no such file or folder", data.display());
+    }
+    Ok(())
+}
+
 /// A run config: `path` (default `configs/default.toml`), then the
 /// `--set` overrides, then `--data`. Returns it with the file it came from.
 fn load_config(
@@ -158,6 +170,7 @@ fn load_config(
     }
     let mut overrides = Vec::with_capacity(set.len() + 2);
     if let Some(data) = data {
+        data_exists(data)?;
         overrides.push(format!(
             "data.path={}",
             toml::Value::String(data.display().to_string())
@@ -270,7 +283,8 @@ mod tests {
             "the default config names its format"
         );
 
-        let folder = PathBuf::from("/data/photos");
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let folder = tmp.path().to_path_buf();
         let (with_data, _) = load_config(Some(&default), &[], Some(&folder)).expect("config");
         assert_eq!(with_data.data.format, Format::Auto);
         assert_eq!(with_data.data.path, folder);
@@ -278,5 +292,16 @@ mod tests {
         let set = ["data.format=folder".to_string()];
         let (explicit, _) = load_config(Some(&default), &set, Some(&folder)).expect("config");
         assert_eq!(explicit.data.format, Format::Folder);
+    }
+
+    #[test]
+    fn a_data_path_that_does_not_exist_is_named_before_detection() {
+        let default = PathBuf::from("../configs/default.toml");
+        let missing = PathBuf::from("/no/such/byol-data");
+        let err = load_config(Some(&default), &[], Some(&missing)).expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "--data /no/such/byol-data: no such file or folder"
+        );
     }
 }

@@ -196,6 +196,12 @@ pub enum DataError {
         /// The split asked for.
         split: Split,
     },
+    /// The dataset path given does not exist.
+    #[error("{path}: no such file or folder")]
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+    },
     /// [`Format::Auto`] found no known layout.
     #[error("{path}: cannot detect the dataset format; looked for {looked_for}")]
     NotRecognized {

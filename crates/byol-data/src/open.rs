@@ -148,9 +148,26 @@ fn looked_for() -> String {
 ///
 /// # Errors
 ///
-/// [`DataError::NotRecognized`] when `path` is not a folder.
+/// [`DataError::NotFound`] when `path` does not exist,
+/// [`DataError::NotRecognized`] when it is not a folder.
 pub fn detect(path: &Path) -> Result<(Format, PathBuf), DataError> {
+    must_exist(path)?;
     detect_noting(path, &mut Vec::new())
+}
+
+/// [`DataError::NotFound`] unless `path` exists, so that a mistyped path
+/// is not reported as an unknown layout or a missing file inside it.
+fn must_exist(path: &Path) -> Result<(), DataError> {
+    match path.try_exists() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(DataError::NotFound {
+            path: path.to_path_buf(),
+        }),
+        Err(source) => Err(DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 fn detect_noting(path: &Path, notes: &mut Vec<String>) -> Result<(Format, PathBuf), DataError> {
@@ -203,6 +220,7 @@ fn locate(path: &Path, format: Format) -> PathBuf {
 ///
 /// # Errors
 ///
+/// [`DataError::NotFound`] when `path` does not exist (checked first),
 /// [`DataError::NotRecognized`] when `Auto` finds no known layout (the
 /// message lists what was looked for), [`DataError::UnsupportedSplit`] /
 /// [`DataError::NoSplit`] for a split the data lacks, and every error of the
@@ -213,6 +231,7 @@ pub fn open(
     split: Split,
     options: &OpenOptions<'_>,
 ) -> Result<Box<dyn Dataset>, DataError> {
+    must_exist(path)?;
     let mut notes = Vec::new();
     let auto = format == Format::Auto;
     let (format, dir) = match format {

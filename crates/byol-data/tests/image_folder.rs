@@ -262,7 +262,25 @@ fn empty_folder_is_a_typed_error() {
         &OpenOptions::default(),
     )
     .expect_err("no such folder");
-    assert!(matches!(err, DataError::NotRecognized { .. }));
+    assert!(matches!(err, DataError::NotFound { .. }), "{err}");
+}
+
+#[test]
+fn a_path_that_does_not_exist_is_named_before_any_detection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-data");
+    let want = format!("{}: no such file or folder", missing.display());
+    for format in [Format::Auto, Format::Idx, Format::Cifar10, Format::Folder] {
+        let err = open(&missing, format, Split::Train, &OpenOptions::default())
+            .expect_err("no such path");
+        assert!(
+            matches!(err, DataError::NotFound { .. }),
+            "{format:?}: {err}"
+        );
+        assert_eq!(err.to_string(), want);
+    }
+    let err = detect(&missing).expect_err("no such path");
+    assert_eq!(err.to_string(), want);
 }
 
 #[test]
