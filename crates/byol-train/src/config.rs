@@ -351,9 +351,11 @@ impl RunConfig {
     ///
     /// # Errors
     ///
-    /// [`TrainError::ConfigFile`] for unreadable files, TOML syntax errors and
-    /// unknown keys (the message shows the key), [`TrainError::InvalidConfig`]
-    /// for out-of-range values.
+    /// [`TrainError::ConfigFile`] for unreadable files, TOML syntax errors,
+    /// unknown keys and values of the wrong type: an error of the file shows
+    /// its line and key, an error of an override starts with that override
+    /// (`--set model.arch=resnet18: unknown field `arch`, expected one of
+    /// ...`). [`TrainError::InvalidConfig`] for out-of-range values.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, TrainError> {
         let (name, text) = match path {
             Some(p) => (
@@ -375,22 +377,31 @@ impl RunConfig {
     }
 
     /// Parses TOML text with overrides applied, without validating values.
+    ///
+    /// The text is read alone first, so that its errors point at its own
+    /// lines; then each override is applied and the result read again, so
+    /// that an error is the first override's that causes it, named as
+    /// `--set KEY=VALUE: ...`.
     fn from_toml(text: &str, overrides: &[String]) -> Result<Self, String> {
+        let mut config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
         for item in overrides {
             let (key, value) = item
                 .split_once('=')
-                .ok_or_else(|| format!("override `{item}` should be key=value"))?;
+                .ok_or_else(|| format!("--set {item}: expected KEY=VALUE"))?;
             let (key, value) = (key.trim(), value.trim());
             let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or_else(|| toml::Value::String(value.to_string()));
-            set_dotted(&mut table, key, parsed)?;
+            set_dotted(&mut table, key, parsed).map_err(|e| format!("--set {item}: {e}"))?;
+            config = toml::Value::Table(table.clone()).try_into().map_err(|e| {
+                // serde's message, then `in `key`` on its own line
+                let lines: Vec<String> = e.to_string().lines().map(str::to_string).collect();
+                format!("--set {item}: {}", lines.join(" "))
+            })?;
         }
-        // Round-trip through text so that errors point at the offending line.
-        let resolved = toml::to_string(&table).map_err(|e| e.to_string())?;
-        toml::from_str(&resolved).map_err(|e| e.to_string())
+        Ok(config)
     }
 
     /// Checks every value against its range, naming the key on failure.
@@ -519,12 +530,14 @@ impl RunConfig {
     }
 }
 
+/// Sets the dotted `key` of `table` to `value`, making the tables on the
+/// way; the error says what is wrong with the key alone.
 fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
     let mut parts: Vec<&str> = key.split('.').collect();
     let last = parts
         .pop()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| format!("empty key in override `{key}`"))?;
+        .ok_or_else(|| "empty key".to_string())?;
     let mut current = table;
     for part in parts {
         let entry = current
@@ -532,7 +545,7 @@ fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         current = entry
             .as_table_mut()
-            .ok_or_else(|| format!("override `{key}`: `{part}` is not a table"))?;
+            .ok_or_else(|| format!("`{part}` is not a table"))?;
     }
     current.insert(last.to_string(), value);
     Ok(())
@@ -618,6 +631,48 @@ mod tests {
         assert_eq!(c.train.lr, 0.05);
         assert!(!c.model.head_batchnorm);
         assert_eq!(c.data.path, PathBuf::from("/x/y"));
+    }
+
+    #[test]
+    fn a_bad_override_is_named_with_the_keys_of_its_table() {
+        let e = err("", &["model.arch=resnet18"]);
+        assert!(
+            e.starts_with("--set model.arch=resnet18: unknown field `arch`, expected one of"),
+            "{e}"
+        );
+        assert!(e.contains("`encoder`") && e.contains("`stem`"), "{e}");
+        assert!(e.ends_with(" in `model`"), "{e}");
+        let e = err(
+            "[train]\nepochs = 2\n",
+            &["train.lr=0.1", "train.epochs=abc"],
+        );
+        assert!(e.starts_with("--set train.epochs=abc: invalid type"), "{e}");
+        let e = err("[train]\nepochs = 2\n", &["train.epochs.n=1"]);
+        assert_eq!(e, "--set train.epochs.n=1: `epochs` is not a table");
+        let e = err("", &["train.epochs.n=1"]);
+        assert_eq!(
+            e,
+            "--set train.epochs.n=1: invalid type: map, expected usize in `train.epochs`"
+        );
+        let e = err("", &["train.epochs"]);
+        assert_eq!(e, "--set train.epochs: expected KEY=VALUE");
+    }
+
+    #[test]
+    fn an_error_of_the_file_names_the_file_and_its_line_not_an_override() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("run.toml");
+        std::fs::write(
+            &path,
+            "seed = 1\n[train]\nepochs = 2\nlearning_rate = 0.1\n",
+        )
+        .expect("write");
+        let e = RunConfig::load(Some(&path), &["train.lr=0.5".into()])
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.starts_with(&format!("config {}:", path.display())), "{e}");
+        assert!(e.contains("line 4") && e.contains("learning_rate"), "{e}");
+        assert!(!e.contains("--set"), "{e}");
     }
 
     #[test]
