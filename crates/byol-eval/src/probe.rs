@@ -226,73 +226,9 @@ pub fn linear_probe<B: AutodiffBackend>(
     let model: Linear<B> = LinearConfig::new(dim, classes)
         .with_initializer(Initializer::Zeros)
         .init(&device);
-    let ce = CrossEntropyLossConfig::new().init(&device);
-
     let model = match config.optimizer {
-        ProbeOptimizer::Sgd => {
-            let decay = (config.weight_decay > 0.0)
-                .then(|| WeightDecayConfig::new(config.weight_decay as f32));
-            let mut optim = SgdConfig::new()
-                .with_momentum((config.momentum > 0.0).then_some(MomentumConfig {
-                    momentum: config.momentum,
-                    dampening: 0.0,
-                    nesterov: false,
-                }))
-                .with_weight_decay(decay)
-                .init::<B, Linear<B>>();
-            let steps_per_epoch = n.div_ceil(config.batch_size);
-            let total = steps_per_epoch * config.epochs;
-            let mut model = model;
-            let mut order: Vec<usize> = (0..n).collect();
-            for epoch in 0..config.epochs {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(byol_augment::mix_seed(
-                    seed,
-                    epoch as u64,
-                    0,
-                ));
-                order.shuffle(&mut rng);
-                for (k, chunk) in order.chunks(config.batch_size).enumerate() {
-                    let step = epoch * steps_per_epoch + k;
-                    let lr = 0.5
-                        * config.lr
-                        * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
-                    let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
-                    let idx = Tensor::<B, 1, Int>::from_data(
-                        TensorData::new(idx, [chunk.len()]),
-                        &device,
-                    );
-                    let logits = model.forward(x.clone().select(0, idx.clone()));
-                    let loss = ce.forward(logits, y.clone().select(0, idx));
-                    let grads = GradientsParams::from_grads(loss.backward(), &model);
-                    model = optim.step(lr, model, grads);
-                }
-                progress(epoch + 1, config.epochs);
-            }
-            model
-        }
-        ProbeOptimizer::Lbfgs => {
-            let mut optim = LBFGSConfig::new()
-                .with_history_size(10)
-                .with_line_search_fn(LineSearchFn::StrongWolfe)
-                .init::<B>();
-            let wd = config.weight_decay;
-            let mut model = model;
-            for epoch in 0..config.epochs {
-                let closure = |m: Linear<B>| {
-                    let mut loss = ce.forward(m.forward(x.clone()), y.clone());
-                    if wd > 0.0 {
-                        loss = loss + m.weight.val().square().sum().mul_scalar(wd / 2.0);
-                    }
-                    let value: f64 = loss.clone().into_scalar().elem();
-                    let grads = GradientsParams::from_grads(loss.backward(), &m);
-                    (value, grads)
-                };
-                let (next, _) = optim.step(config.lr, model, closure);
-                model = next;
-                progress(epoch + 1, config.epochs);
-            }
-            model
-        }
+        ProbeOptimizer::Sgd => train_sgd(model, &x, &y, config, seed, progress),
+        ProbeOptimizer::Lbfgs => train_lbfgs(model, &x, &y, config, progress),
     };
 
     let model = model.valid();
@@ -316,6 +252,84 @@ pub fn linear_probe<B: AutodiffBackend>(
         train_loss,
         classes,
     })
+}
+
+/// The probe's classifier trained by mini-batch SGD with a cosine
+/// learning rate, in an order shuffled per epoch from `seed`.
+fn train_sgd<B: AutodiffBackend>(
+    mut model: Linear<B>,
+    x: &Tensor<B, 2>,
+    y: &Tensor<B, 1, Int>,
+    config: &ProbeConfig,
+    seed: u64,
+    progress: &dyn Fn(usize, usize),
+) -> Linear<B> {
+    let [n, _] = x.dims();
+    let device = x.device();
+    let ce = CrossEntropyLossConfig::new().init(&device);
+    let decay =
+        (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
+    let mut optim = SgdConfig::new()
+        .with_momentum((config.momentum > 0.0).then_some(MomentumConfig {
+            momentum: config.momentum,
+            dampening: 0.0,
+            nesterov: false,
+        }))
+        .with_weight_decay(decay)
+        .init::<B, Linear<B>>();
+    let steps_per_epoch = n.div_ceil(config.batch_size);
+    let total = steps_per_epoch * config.epochs;
+    let mut order: Vec<usize> = (0..n).collect();
+    for epoch in 0..config.epochs {
+        let mut rng =
+            rand_chacha::ChaCha8Rng::seed_from_u64(byol_augment::mix_seed(seed, epoch as u64, 0));
+        order.shuffle(&mut rng);
+        for (k, chunk) in order.chunks(config.batch_size).enumerate() {
+            let step = epoch * steps_per_epoch + k;
+            let lr =
+                0.5 * config.lr * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
+            let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [chunk.len()]), &device);
+            let logits = model.forward(x.clone().select(0, idx.clone()));
+            let loss = ce.forward(logits, y.clone().select(0, idx));
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+        }
+        progress(epoch + 1, config.epochs);
+    }
+    model
+}
+
+/// The probe's classifier trained by full-batch L-BFGS (strong Wolfe line
+/// search), the L2 penalty added to the loss.
+fn train_lbfgs<B: AutodiffBackend>(
+    mut model: Linear<B>,
+    x: &Tensor<B, 2>,
+    y: &Tensor<B, 1, Int>,
+    config: &ProbeConfig,
+    progress: &dyn Fn(usize, usize),
+) -> Linear<B> {
+    let ce = CrossEntropyLossConfig::new().init(&x.device());
+    let mut optim = LBFGSConfig::new()
+        .with_history_size(10)
+        .with_line_search_fn(LineSearchFn::StrongWolfe)
+        .init::<B>();
+    let wd = config.weight_decay;
+    for epoch in 0..config.epochs {
+        let closure = |m: Linear<B>| {
+            let mut loss = ce.forward(m.forward(x.clone()), y.clone());
+            if wd > 0.0 {
+                loss = loss + m.weight.val().square().sum().mul_scalar(wd / 2.0);
+            }
+            let value: f64 = loss.clone().into_scalar().elem();
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            (value, grads)
+        };
+        let (next, _) = optim.step(config.lr, model, closure);
+        model = next;
+        progress(epoch + 1, config.epochs);
+    }
+    model
 }
 
 #[cfg(test)]

@@ -76,6 +76,27 @@ pub struct TrainState {
     pub data_wait_seconds: f64,
 }
 
+impl TrainState {
+    /// The state of a run before its first step.
+    pub fn fresh(tau_base: f64) -> Self {
+        Self {
+            step: 0,
+            epoch_loss_sum: 0.0,
+            epoch_steps: 0,
+            tau: tau_base,
+            lr: 0.0,
+            last_epoch_loss: None,
+            knn_raw_pixels: None,
+            knn_random_init: None,
+            knn_trained: None,
+            low_z_std_intervals: 0,
+            skipped_images: 0,
+            train_seconds: 0.0,
+            data_wait_seconds: 0.0,
+        }
+    }
+}
+
 /// Writes any burn record (a module's, an optimizer's) to `path` (ending in
 /// `.mpk`) under a temporary name, synced, then renamed into place.
 ///

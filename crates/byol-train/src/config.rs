@@ -32,6 +32,127 @@ pub struct RunConfig {
     pub eval: EvalConfig,
 }
 
+/// The settings that define what a run is: a resumed run must have the
+/// same, compared with `==`, or its checkpoints would continue another
+/// run (other weights' shapes, other batches, other views). Everything
+/// else in [`RunConfig`] (epochs, learning rate, τ₀, logging, kNN, the
+/// loader's prefetch) may change between sessions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunIdentity {
+    /// `seed`: initial weights, shuffles and views.
+    pub seed: u64,
+    /// `[data]` without `prefetch`: which images, in which order.
+    pub data: DataIdentity,
+    /// `[model]`: the networks' shapes and initial weights.
+    pub model: ModelConfig,
+    /// `[augment]`: the views.
+    pub augment: AugmentConfig,
+    /// `train.batch_size`: which images form each step.
+    pub batch_size: usize,
+    /// `train.use_momentum`: whether a target network exists.
+    pub use_momentum: bool,
+}
+
+/// The part of [`DataConfig`] that belongs to a run's [`RunIdentity`]:
+/// every field but `prefetch`, which changes only how far ahead the
+/// loader works.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataIdentity {
+    /// `data.path`.
+    pub path: PathBuf,
+    /// `data.format`.
+    pub format: Format,
+    /// `data.pretrain_split`.
+    pub pretrain_split: Split,
+    /// `data.on_corrupt`.
+    pub on_corrupt: OnCorrupt,
+    /// `data.cifar100_labels`.
+    pub cifar100_labels: Cifar100Labels,
+    /// `data.train_limit`.
+    pub train_limit: usize,
+    /// `data.test_limit`.
+    pub test_limit: usize,
+}
+
+impl RunIdentity {
+    /// The identity of `config`.
+    pub fn of(config: &RunConfig) -> Self {
+        let d = &config.data;
+        Self {
+            seed: config.seed,
+            data: DataIdentity {
+                path: d.path.clone(),
+                format: d.format,
+                pretrain_split: d.pretrain_split,
+                on_corrupt: d.on_corrupt,
+                cifar100_labels: d.cifar100_labels,
+                train_limit: d.train_limit,
+                test_limit: d.test_limit,
+            },
+            model: config.model.clone(),
+            augment: config.augment.clone(),
+            batch_size: config.train.batch_size,
+            use_momentum: config.train.use_momentum,
+        }
+    }
+
+    /// The config keys (dotted, as in `--set`) whose values differ between
+    /// `self` and `other`, each as `key: run has A, now B`; empty when the
+    /// two are equal.
+    pub fn differences(&self, other: &Self) -> Vec<String> {
+        if self == other {
+            return Vec::new();
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        flatten_json("", &self.as_json(), &mut a);
+        flatten_json("", &other.as_json(), &mut b);
+        let mut keys: Vec<&String> = a.iter().chain(&b).map(|(k, _)| k).collect();
+        keys.sort();
+        keys.dedup();
+        let get = |t: &[(String, String)], k: &str| {
+            t.iter()
+                .find(|(key, _)| key == k)
+                .map_or_else(|| "(unset)".to_string(), |(_, v)| v.clone())
+        };
+        keys.into_iter()
+            .filter(|k| get(&a, k) != get(&b, k))
+            .map(|k| format!("{k}: run has {}, now {}", get(&a, k), get(&b, k)))
+            .collect()
+    }
+
+    /// As JSON under the config's own key names (`batch_size` and
+    /// `use_momentum` under `train`).
+    fn as_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "seed": self.seed,
+            "data": self.data,
+            "model": self.model,
+            "augment": self.augment,
+            "train": {
+                "batch_size": self.batch_size,
+                "use_momentum": self.use_momentum,
+            },
+        })
+    }
+}
+
+/// `value`'s leaves as (dotted key, value as text).
+fn flatten_json(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_json(&key, v, out);
+            }
+        }
+        leaf => out.push((prefix.to_string(), leaf.to_string())),
+    }
+}
+
 /// `[data]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -250,8 +371,6 @@ pub struct TrainConfig {
     pub collapse_stop: f64,
     /// Logged intervals of low z-std before the stop or the warning.
     pub collapse_patience: usize,
-    /// For tests of the guard: make the loss NaN at this step (0 = off).
-    pub inject_nan_at_step: usize,
 }
 
 impl Default for TrainConfig {
@@ -281,7 +400,6 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             collapse_stop: 0.0,
             collapse_patience: 5,
-            inject_nan_at_step: 0,
         }
     }
 }
@@ -293,6 +411,94 @@ impl TrainConfig {
             LrScale::None => self.lr,
             LrScale::Linear => self.lr * self.batch_size as f64 / 256.0,
         }
+    }
+
+    /// Checks the `[train]` values against their ranges.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::InvalidConfig`] naming the first bad key.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let t = self;
+        if !(0.0..=1.0).contains(&t.tau_base) {
+            return Err(invalid("train.tau_base", t.tau_base, "a number in [0, 1]"));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(invalid("train.lr", t.lr, "a finite number > 0"));
+        }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            return Err(invalid(
+                "train.weight_decay",
+                t.weight_decay,
+                "a finite number >= 0",
+            ));
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return Err(invalid("train.momentum", t.momentum, "a number in [0, 1)"));
+        }
+        if matches!(t.optimizer, OptimizerKind::Adam | OptimizerKind::Adamw)
+            && t.momentum != TrainConfig::default().momentum
+        {
+            return Err(invalid(
+                "train.momentum",
+                t.momentum,
+                "no value with optimizer = \"adam\" or \"adamw\" (momentum is for sgd and lars)",
+            ));
+        }
+        for (key, v) in [
+            ("train.min_lr", t.min_lr),
+            ("train.warmup_epochs", t.warmup_epochs),
+            ("train.grad_clip_norm", t.grad_clip_norm),
+            ("train.collapse_stop", t.collapse_stop),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(invalid(key, v, "a finite number >= 0"));
+            }
+        }
+        if t.min_lr > t.base_lr() {
+            return Err(invalid(
+                "train.min_lr",
+                t.min_lr,
+                &format!("at most the base learning rate ({})", t.base_lr()),
+            ));
+        }
+        if t.warmup_epochs > t.epochs as f64 {
+            return Err(invalid(
+                "train.warmup_epochs",
+                t.warmup_epochs,
+                &format!("at most train.epochs ({})", t.epochs),
+            ));
+        }
+        if !(t.predictor_lr_multiplier > 0.0 && t.predictor_lr_multiplier.is_finite()) {
+            return Err(invalid(
+                "train.predictor_lr_multiplier",
+                t.predictor_lr_multiplier,
+                "a finite number > 0",
+            ));
+        }
+        if !(t.lars_eta > 0.0 && t.lars_eta.is_finite()) {
+            return Err(invalid("train.lars_eta", t.lars_eta, "a finite number > 0"));
+        }
+        if t.keep_checkpoints == 0 {
+            return Err(invalid("train.keep_checkpoints", 0, "at least 1"));
+        }
+        if t.collapse_patience == 0 {
+            return Err(invalid("train.collapse_patience", 0, "at least 1"));
+        }
+        if t.epochs == 0 {
+            return Err(invalid("train.epochs", 0, "at least 1"));
+        }
+        if t.batch_size < 2 {
+            return Err(invalid(
+                "train.batch_size",
+                t.batch_size,
+                "at least 2 (BatchNorm needs a batch)",
+            ));
+        }
+        if t.log_every == 0 {
+            return Err(invalid("train.log_every", 0, "at least 1"));
+        }
+        Ok(())
     }
 
     /// The optimizer settings of these values.
@@ -410,87 +616,9 @@ impl RunConfig {
     ///
     /// [`TrainError::InvalidConfig`] naming the first bad key.
     pub fn validate(&self) -> Result<(), TrainError> {
-        let t = &self.train;
-        if !(0.0..=1.0).contains(&t.tau_base) {
-            return Err(invalid("train.tau_base", t.tau_base, "a number in [0, 1]"));
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return Err(invalid("train.lr", t.lr, "a finite number > 0"));
-        }
-        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
-            return Err(invalid(
-                "train.weight_decay",
-                t.weight_decay,
-                "a finite number >= 0",
-            ));
-        }
-        if !(0.0..1.0).contains(&t.momentum) {
-            return Err(invalid("train.momentum", t.momentum, "a number in [0, 1)"));
-        }
-        if matches!(t.optimizer, OptimizerKind::Adam | OptimizerKind::Adamw)
-            && t.momentum != TrainConfig::default().momentum
-        {
-            return Err(invalid(
-                "train.momentum",
-                t.momentum,
-                "no value with optimizer = \"adam\" or \"adamw\" (momentum is for sgd and lars)",
-            ));
-        }
-        for (key, v) in [
-            ("train.min_lr", t.min_lr),
-            ("train.warmup_epochs", t.warmup_epochs),
-            ("train.grad_clip_norm", t.grad_clip_norm),
-            ("train.collapse_stop", t.collapse_stop),
-        ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return Err(invalid(key, v, "a finite number >= 0"));
-            }
-        }
-        if t.min_lr > t.base_lr() {
-            return Err(invalid(
-                "train.min_lr",
-                t.min_lr,
-                &format!("at most the base learning rate ({})", t.base_lr()),
-            ));
-        }
-        if t.warmup_epochs > t.epochs as f64 {
-            return Err(invalid(
-                "train.warmup_epochs",
-                t.warmup_epochs,
-                &format!("at most train.epochs ({})", t.epochs),
-            ));
-        }
-        if !(t.predictor_lr_multiplier > 0.0 && t.predictor_lr_multiplier.is_finite()) {
-            return Err(invalid(
-                "train.predictor_lr_multiplier",
-                t.predictor_lr_multiplier,
-                "a finite number > 0",
-            ));
-        }
-        if !(t.lars_eta > 0.0 && t.lars_eta.is_finite()) {
-            return Err(invalid("train.lars_eta", t.lars_eta, "a finite number > 0"));
-        }
-        if t.keep_checkpoints == 0 {
-            return Err(invalid("train.keep_checkpoints", 0, "at least 1"));
-        }
-        if t.collapse_patience == 0 {
-            return Err(invalid("train.collapse_patience", 0, "at least 1"));
-        }
+        self.train.validate()?;
         if self.data.prefetch == 0 {
             return Err(invalid("data.prefetch", 0, "at least 1"));
-        }
-        if t.epochs == 0 {
-            return Err(invalid("train.epochs", 0, "at least 1"));
-        }
-        if t.batch_size < 2 {
-            return Err(invalid(
-                "train.batch_size",
-                t.batch_size,
-                "at least 2 (BatchNorm needs a batch)",
-            ));
-        }
-        if t.log_every == 0 {
-            return Err(invalid("train.log_every", 0, "at least 1"));
         }
         let m = &self.model;
         for (key, v) in [
@@ -515,6 +643,16 @@ impl RunConfig {
         self.model.encoder_config(3).validate("model")?;
         self.augment.validate("augment")?;
         Ok(())
+    }
+
+    /// The kNN monitor's settings: the evaluation transform of `[augment]`,
+    /// `eval.batch_size` and `eval.knn`.
+    pub fn knn_monitor(&self) -> byol_eval::KnnMonitorSettings {
+        byol_eval::KnnMonitorSettings {
+            transform: self.augment.eval_transform(),
+            batch_size: self.eval.batch_size,
+            knn: self.eval.knn.clone(),
+        }
     }
 
     /// The resolved config as TOML text, as written into the run folder.

@@ -9,16 +9,15 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use byol_data::{Dataset, Split};
 use byol_eval::{
-    EmbeddingWriter, EvalError, KnnAccuracy, KnnConfig, ProbeConfig, ProbeResult, extract_features,
-    for_each_feature_batch, knn_classify, labels, linear_probe,
+    EmbeddingWriter, EvalError, KnnAccuracy, KnnConfig, KnnData, ProbeConfig, ProbeResult,
+    extract_features, for_each_feature_batch, knn_classify, knn_eval, linear_probe,
 };
 use byol_model::{Encoder, ResNet};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::checkpoint::write_atomic;
+use crate::progress::bar;
 use crate::run::{Network, Run, check_fits, open_split};
-use crate::trainer::{KnnData, StopSignal, knn_eval};
 use crate::{RunConfig, TrainError};
 
 /// The figures of `cargo xtask eval`, as written to `eval.json`
@@ -60,17 +59,6 @@ pub struct EvalReport {
 pub struct UseOptions {
     /// Show progress bars.
     pub progress: bool,
-}
-
-fn bar(show: bool, len: usize, template: &str) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    ProgressBar::new(len as u64).with_style(
-        ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    )
 }
 
 /// Features of a whole dataset with a progress bar.
@@ -123,12 +111,7 @@ pub fn evaluate<B: AutodiffBackend>(
     let test = open_split(config, Split::Test, config.data.test_limit)?;
     check_fits(config, encoder, &*train)?;
     check_fits(config, encoder, &*test)?;
-    let split = KnnData {
-        bank_labels: labels(&*train, 0)?,
-        query_labels: labels(&*test, 0)?,
-        bank: train,
-        queries: test,
-    };
+    let split = KnnData::new(train, test)?;
     let (train_labels, test_labels) = (&split.bank_labels, &split.query_labels);
     let show = options.progress;
     let train_f = features(encoder, &*split.bank, config, device, "train", show)?;
@@ -151,9 +134,9 @@ pub fn evaluate<B: AutodiffBackend>(
     let knn_raw_pixels = knn_eval::<B::InnerBackend, ResNet<B::InnerBackend>>(
         None,
         &split,
-        config,
+        &config.knn_monitor(),
         device,
-        &StopSignal::default(),
+        &|| false,
     )?
     .ok_or(EvalError::Stopped)?;
     tracing::info!(

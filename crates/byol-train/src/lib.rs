@@ -18,13 +18,15 @@ pub mod metrics;
 pub mod optim;
 #[cfg(feature = "plot")]
 pub mod plot;
+pub mod progress;
 pub mod run;
 pub mod schedule;
+pub mod step;
 pub mod trainer;
 
 pub use config::{
-    DataConfig, EncoderKind, EvalConfig, LrScale, LrSchedule, ModelConfig, OptimizerKind,
-    RunConfig, TrainConfig,
+    DataConfig, DataIdentity, EncoderKind, EvalConfig, LrScale, LrSchedule, ModelConfig,
+    OptimizerKind, RunConfig, RunIdentity, TrainConfig,
 };
 pub use evaluate::{
     EmbedSummary, EvalReport, UseOptions, embed, eval_file, evaluate, evaluate_run,
@@ -33,10 +35,8 @@ pub use loss::{byol_loss, regression_loss};
 pub use optim::{ByolOptimizer, OptimizerSettings};
 pub use run::{LoadedEncoder, Network, Run};
 pub use schedule::{learning_rate, tau};
-pub use trainer::{
-    Optimizers, PretrainOptions, RunSummary, StepOutput, StepSettings, StopSignal, byol_step,
-    pretrain,
-};
+pub use step::{Optimizers, StepOutput, StepSettings, byol_step};
+pub use trainer::{PretrainOptions, RunSummary, StopSignal, pretrain, pretrain_encoder};
 
 use std::path::PathBuf;
 
@@ -124,6 +124,14 @@ pub enum TrainError {
         z_std: f64,
         /// The threshold.
         threshold: f64,
+    },
+    /// Values could not be read back from the device.
+    #[error("reading {what} back from the device: {message}")]
+    ReadBack {
+        /// What was read (`representations`, ...).
+        what: &'static str,
+        /// The backend's error.
+        message: String,
     },
     /// A checkpoint file cannot be read.
     #[error("checkpoint {path}: {message}")]

@@ -185,15 +185,13 @@ impl Run {
         config.validate("model")?;
         // the skeleton's own weights are drawn (then replaced): under the
         // guard, so as not to disturb a run initialising beside it
-        let byol = {
-            let _generator = byol_model::seeded::<B>(device, self.config.seed);
-            Byol::new(
-                config.init::<B>(device),
-                Some(config.init::<B>(device)),
-                &self.config.model.heads_config(),
-                device,
-            )
-        };
+        let byol = Byol::seeded(
+            self.config.seed,
+            device,
+            &self.config.model.heads_config(),
+            true,
+            |device| config.init::<B>(device),
+        );
         // a record without a target (a SimSiam run's) loads as `None`
         byol.load_record(record)
             .target
@@ -210,6 +208,9 @@ pub fn encoder_channels<B: Backend>(encoder: &ResNet<B>) -> usize {
     encoder.conv1.weight.dims()[1]
 }
 
+/// A callback of a folder scan: `(files checked, files in all)`.
+pub type Progress<'a> = Option<&'a (dyn Fn(usize, usize) + Sync)>;
+
 /// Opens one split of the run's data (`data.path`, `data.format`, ...),
 /// keeping only its first `limit` images when `limit > 0`.
 ///
@@ -221,11 +222,27 @@ pub fn open_split(
     split: Split,
     limit: usize,
 ) -> Result<Arc<dyn Dataset>, TrainError> {
+    open_split_with(config, split, limit, None)
+}
+
+/// [`open_split`] reporting the scan of an image folder to `progress`. A
+/// split with unreadable files skipped (`data.on_corrupt = "skip"`) is
+/// logged with their count.
+///
+/// # Errors
+///
+/// As [`open_split`].
+pub fn open_split_with(
+    config: &RunConfig,
+    split: Split,
+    limit: usize,
+    progress: Progress<'_>,
+) -> Result<Arc<dyn Dataset>, TrainError> {
     let d = &config.data;
     let options = OpenOptions {
         on_corrupt: d.on_corrupt,
         cifar100_labels: d.cifar100_labels,
-        progress: None,
+        progress,
     };
     let ds = byol_data::open(&d.path, d.format, split, &options)?;
     if ds.skipped_count() > 0 {

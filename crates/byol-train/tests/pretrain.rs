@@ -446,29 +446,8 @@ fn an_unusable_newest_checkpoint_falls_back_to_the_one_before() {
     assert_eq!(summary.steps, 12);
 }
 
-#[test]
-fn a_nan_loss_stops_the_run_and_leaves_the_last_checkpoint_loadable() {
-    let poisoned = config(&[
-        "train.checkpoint_every=4",
-        "train.inject_nan_at_step=5",
-        "train.log_every=3",
-    ]);
-    let out = tempfile::tempdir().expect("tempdir");
-    let err = run(&poisoned, out.path()).expect_err("the NaN stops the run");
-    assert!(matches!(err, TrainError::NonFinite { .. }), "{err}");
-    let msg = err.to_string();
-    assert!(msg.contains("NaN") && msg.contains("step"), "{msg}");
-    // the checkpoint of step 4 is the newest and it loads
-    let ckpts = list_checkpoints(out.path());
-    assert_eq!(ckpts[0].0, 4, "nothing written after the NaN");
-    let summary = resume(
-        &config(&["train.checkpoint_every=4", "train.log_every=3"]),
-        out.path(),
-    )
-    .expect("the checkpoint resumes once the poison is gone");
-    assert_eq!(summary.resumed_from, Some(4));
-    assert!(summary.final_loss.is_finite());
-}
+// The NaN guard's test is in the trainer's unit tests: it needs a test
+// hook that no config can set.
 
 #[test]
 fn collapse_stop_ends_the_run_with_a_clear_message() {
@@ -611,4 +590,63 @@ fn missing_dataset_names_the_folder() {
     let config = config(&["data.path=\"/nonexistent/fashion\""]);
     let err = run(&config, out.path()).expect_err("no data");
     assert!(err.to_string().contains("/nonexistent/fashion"), "{err}");
+}
+
+/// An encoder of the caller's: one linear layer over the flattened pixels.
+#[derive(burn::module::Module, Debug)]
+struct Flat<B: burn::prelude::Backend> {
+    linear: burn::nn::Linear<B>,
+}
+
+impl<B: burn::prelude::Backend> byol_model::Encoder<B> for Flat<B> {
+    fn encode(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.linear.forward(images.flatten(1, 3))
+    }
+
+    fn output_dim(&self) -> usize {
+        24
+    }
+}
+
+/// `pretrain_encoder` of a [`Flat`] encoder.
+fn pretrain_flat(
+    config: &RunConfig,
+    out: &Path,
+    resume: bool,
+) -> Result<byol_train::RunSummary, TrainError> {
+    byol_train::pretrain_encoder::<B, _>(
+        config,
+        out,
+        &Default::default(),
+        PretrainOptions {
+            resume,
+            ..Default::default()
+        },
+        |channels, device| Flat {
+            linear: burn::nn::LinearConfig::new(channels * 28 * 28, 24).init(device),
+        },
+    )
+}
+
+#[test]
+fn an_encoder_of_ones_own_trains_checkpoints_and_resumes() {
+    let config = config(&["train.epochs=2"]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let summary = pretrain_flat(&config, out.path(), false).expect("the run finishes");
+    assert_eq!(summary.steps, 2 * (384 / 64));
+    assert!(summary.final_loss.is_finite());
+    assert!(summary.knn_trained.is_some() && summary.knn_raw_pixels.is_some());
+    assert!(out.path().join("encoder.mpk").is_file());
+    // a longer schedule continues from the last checkpoint
+    let mut longer = config.clone();
+    longer.train.epochs = 3;
+    let resumed = pretrain_flat(&longer, out.path(), true).expect("resumes");
+    assert_eq!(resumed.resumed_from, Some(2 * (384 / 64)));
+    assert_eq!(resumed.steps, 3 * (384 / 64));
+    // torchvision weights cannot go into it: refused, naming the key
+    let mut bad = config.clone();
+    bad.model.init_from = PathBuf::from("weights.safetensors");
+    let err = pretrain_flat(&bad, &out.path().join("other"), false)
+        .expect_err("init_from is for the built-in ResNets");
+    assert!(err.to_string().contains("model.init_from"), "{err}");
 }

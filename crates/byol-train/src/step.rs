@@ -1,0 +1,242 @@
+//! One BYOL training step: both views through the online and target
+//! networks, the symmetric loss, backward, the optimizer steps of the two
+//! parameter groups and the target's moving average.
+
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use byol_model::{Byol, Encoder, ForwardOptions};
+
+use crate::optim::{ByolOptimizer, OptimizerSettings, clip_global_norm, split_gradients};
+use crate::{TrainError, byol_loss};
+
+/// The two parameter groups' optimizers: encoder + projector, and the
+/// predictor (with its own learning-rate multiplier).
+#[derive(Clone)]
+pub struct Optimizers<M: AutodiffModule<B>, B: AutodiffBackend> {
+    /// Encoder and projector.
+    pub main: ByolOptimizer<M, B>,
+    /// Predictor.
+    pub predictor: ByolOptimizer<M, B>,
+}
+
+impl<M: AutodiffModule<B>, B: AutodiffBackend> Optimizers<M, B> {
+    /// Both groups with the same settings.
+    pub fn new(settings: &OptimizerSettings) -> Self {
+        Self {
+            main: ByolOptimizer::new(settings),
+            predictor: ByolOptimizer::new(settings),
+        }
+    }
+
+    pub(crate) fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        self.main.save(&dir.join("optimizer.mpk"))?;
+        self.predictor.save(&dir.join("optimizer-predictor.mpk"))
+    }
+
+    pub(crate) fn load(self, dir: &Path, device: &B::Device) -> Result<Self, TrainError> {
+        Ok(Self {
+            main: self.main.load(&dir.join("optimizer.mpk"), device)?,
+            predictor: self
+                .predictor
+                .load(&dir.join("optimizer-predictor.mpk"), device)?,
+        })
+    }
+}
+
+/// What one step uses besides the model and the views.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepSettings {
+    /// Learning rate of the encoder and projector.
+    pub lr: f64,
+    /// Learning rate of the predictor.
+    pub predictor_lr: f64,
+    /// τ of the target update after the step.
+    pub tau: f64,
+    /// Global gradient-norm clip (0 = off).
+    pub grad_clip_norm: f64,
+    /// How the views go through the networks.
+    pub forward: ForwardOptions,
+}
+
+impl StepSettings {
+    /// One learning rate for everything, no clipping, views apart.
+    pub fn simple(lr: f64, tau: f64) -> Self {
+        Self {
+            lr,
+            predictor_lr: lr,
+            tau,
+            grad_clip_norm: 0.0,
+            forward: ForwardOptions::default(),
+        }
+    }
+}
+
+/// What a step leaves for the loop, all on the inner backend and detached.
+#[derive(Debug, Clone)]
+pub struct StepOutput<B: Backend> {
+    /// The loss, `[1]`, still on the device.
+    pub loss: Tensor<B, 1>,
+    /// Online representations of view 1, `[batch, dim]`.
+    pub representations: Tensor<B, 2>,
+    /// Online projections of view 1, `[batch, projection_dim]`.
+    pub projections: Tensor<B, 2>,
+}
+
+/// One BYOL training step: forward both views, symmetric loss, backward,
+/// optional global-norm clip, an optimizer step per parameter group, then
+/// the target update ξ ← τξ + (1 − τ)θ
+/// [BYOL, Grill et al. 2020, arXiv:2006.07733, §3.1].
+pub fn byol_step<B: AutodiffBackend, E: Encoder<B> + AutodiffModule<B>>(
+    model: Byol<B, E>,
+    optimizers: &mut Optimizers<Byol<B, E>, B>,
+    view1: Tensor<B, 4>,
+    view2: Tensor<B, 4>,
+    settings: &StepSettings,
+) -> (Byol<B, E>, StepOutput<B::InnerBackend>)
+where
+    Byol<B, E>: AutodiffModule<B>,
+{
+    let out = model.forward_with(view1, view2, settings.forward);
+    let loss = byol_loss(out.p1, out.p2, out.z1, out.z2);
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    if settings.grad_clip_norm > 0.0 {
+        clip_global_norm::<B, _>(&mut grads, &model.online, settings.grad_clip_norm);
+    }
+    let predictor_grads = split_gradients::<B, _>(&mut grads, &model.online.predictor);
+    let model = optimizers.main.step(settings.lr, model, grads);
+    let model = optimizers
+        .predictor
+        .step(settings.predictor_lr, model, predictor_grads);
+    let output = StepOutput {
+        loss: loss.inner(),
+        representations: out.y1.inner(),
+        projections: out.h1.inner(),
+    };
+    (model.update_target(settings.tau), output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex, NdArray};
+    use burn::tensor::Distribution;
+    use byol_model::{HeadsConfig, ResNet, ResNetConfig};
+
+    use crate::config::OptimizerKind;
+
+    /// The trainable weights of an encoder's convolutions and BatchNorm
+    /// scales (running statistics left out: the target's also move by its
+    /// own forward passes).
+    fn weights<B: Backend>(e: &ResNet<B>) -> Vec<f32> {
+        let mut tensors = vec![e.conv1.weight.val().reshape([-1])];
+        if let byol_model::Norm::Batch(bn) = &e.bn1 {
+            tensors.extend([bn.gamma.val(), bn.beta.val()]);
+        }
+        for stage in &e.stages {
+            for block in &stage.blocks {
+                if let byol_model::Block::Basic(b) = block {
+                    tensors.extend([
+                        b.conv1.weight.val().reshape([-1]),
+                        b.conv2.weight.val().reshape([-1]),
+                    ]);
+                }
+            }
+        }
+        tensors
+            .into_iter()
+            .flat_map(|t| t.into_data().to_vec::<f32>().expect("f32"))
+            .collect()
+    }
+
+    fn settings() -> OptimizerSettings {
+        OptimizerSettings {
+            kind: OptimizerKind::Adam,
+            weight_decay: 0.0,
+            momentum: 0.9,
+            lars_eta: 1e-3,
+            lars_exclude_bias_and_norm: true,
+            lars_clip: false,
+        }
+    }
+
+    /// The small encoder with 32 → 16 heads, online and target built apart.
+    fn tiny_byol<B: AutodiffBackend>(device: &B::Device) -> Byol<B, ResNet<B>> {
+        let cfg = ResNetConfig::small();
+        Byol::new(
+            cfg.init(device),
+            Some(cfg.init(device)),
+            &HeadsConfig::new(32, 16, 32),
+            device,
+        )
+    }
+
+    fn step_changes_weights<B: AutodiffBackend>(size: usize, batch: usize) {
+        let device = Default::default();
+        let model = tiny_byol::<B>(&device);
+        let mut optim = Optimizers::new(&settings());
+        let x1 = Tensor::<B, 4>::random([batch, 1, size, size], Distribution::Default, &device);
+        let x2 = Tensor::<B, 4>::random([batch, 1, size, size], Distribution::Default, &device);
+        let target0 = model.target.as_ref().expect("target");
+        let (enc0, tgt0) = (weights(&model.online.encoder), weights(&target0.encoder));
+        assert_eq!(enc0, tgt0, "the target starts as a copy");
+        let (model, out) = byol_step(model, &mut optim, x1, x2, &StepSettings::simple(1e-2, 0.5));
+        let loss: f32 = out.loss.into_scalar().elem();
+        assert!(
+            loss.is_finite() && (0.0..=4.0).contains(&loss),
+            "loss {loss}"
+        );
+        let target1 = model.target.as_ref().expect("target");
+        let (enc1, tgt1) = (weights(&model.online.encoder), weights(&target1.encoder));
+        let changed = enc0.iter().zip(&enc1).filter(|(a, b)| a != b).count();
+        assert!(
+            changed > enc0.len() / 2,
+            "only {changed} of {} encoder weights moved",
+            enc0.len()
+        );
+        // τ = 0.5: the target moved halfway towards the updated online encoder
+        for ((t0, t1), o) in tgt0.iter().zip(&tgt1).zip(&enc1) {
+            let expected = 0.5 * t0 + 0.5 * o;
+            assert!(
+                (t1 - expected).abs() <= 1e-5 * (1.0 + o.abs()),
+                "target {t1}, expected {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn encoder_weights_change_after_a_step_and_target_follows() {
+        step_changes_weights::<Autodiff<Flex>>(28, 8);
+    }
+
+    #[test]
+    fn a_step_runs_on_the_ndarray_backend() {
+        step_changes_weights::<Autodiff<NdArray>>(12, 4);
+    }
+
+    #[test]
+    fn the_predictor_group_gets_its_own_learning_rate() {
+        // lr 0 for encoder and projector: only the predictor moves
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        let model = tiny_byol::<A>(&device);
+        let predictor = |m: &Byol<A, ResNet<A>>| -> Vec<f32> {
+            let w = m.online.predictor.linear1.weight.val();
+            w.into_data().to_vec().expect("f32")
+        };
+        let pred0 = predictor(&model);
+        let enc0 = weights(&model.online.encoder);
+        let x = Tensor::<A, 4>::random([4, 1, 28, 28], Distribution::Default, &device);
+        let mut optim = Optimizers::new(&settings());
+        let step = StepSettings {
+            predictor_lr: 1e-2,
+            ..StepSettings::simple(0.0, 1.0)
+        };
+        let (model, _) = byol_step(model, &mut optim, x.clone(), x, &step);
+        assert_ne!(pred0, predictor(&model));
+        assert_eq!(enc0, weights(&model.online.encoder));
+    }
+}

@@ -1,0 +1,319 @@
+//! The pretraining loop. [`pretrain`] is a short driver over a
+//! `Session` (a run in progress, `session.rs`): check the run folder, open
+//! the data, start fresh or resume, feed it the loader's batches, finish.
+//! What happens at each step, log interval, epoch end and checkpoint is a
+//! method of the session; the collapse guard (`guard.rs`), where the
+//! networks come from (`model.rs`) and the data of a run (`data.rs`) sit
+//! beside it.
+
+mod data;
+mod guard;
+mod model;
+mod session;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use byol_eval::KnnAccuracy;
+use byol_model::{Byol, Encoder, ResNet};
+use serde::Serialize;
+
+use crate::loader::with_loader;
+use crate::{RunConfig, TrainError};
+use model::{Custom, ModelSource, ResNets, init_from};
+use session::{Session, check_run_folder};
+
+/// The figures a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// kNN on raw pixels (the floor to beat); `None` without labelled
+    /// train and test splits.
+    pub knn_raw_pixels: Option<KnnAccuracy>,
+    /// kNN of the encoder before training.
+    pub knn_random_init: Option<KnnAccuracy>,
+    /// kNN of the encoder after training.
+    pub knn_trained: Option<KnnAccuracy>,
+    /// Optimizer steps done.
+    pub steps: usize,
+    /// Mean loss of the last epoch.
+    pub final_loss: f64,
+    /// Training wall time (all sessions of a resumed run), seconds.
+    pub train_seconds: f64,
+    /// Wall time of this session, evaluation included, seconds.
+    pub seconds: f64,
+    /// Fraction of the training time spent waiting for data.
+    pub data_wait_fraction: f64,
+    /// Images skipped as unreadable (`data.on_corrupt = "skip"`).
+    pub skipped_images: usize,
+    /// Images of the pretraining set.
+    pub train_images: usize,
+    /// The step this session resumed from, if it did.
+    pub resumed_from: Option<usize>,
+}
+
+/// How [`pretrain`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct PretrainOptions {
+    /// Show progress bars.
+    pub progress: bool,
+    /// Continue the run in the output folder from its newest valid
+    /// checkpoint.
+    pub resume: bool,
+    /// Asks the run to stop early (on Ctrl-C, for one).
+    pub stop: StopSignal,
+}
+
+/// A request to stop a [`pretrain`] run before its end. The run notices it
+/// after the step in flight, writes a checkpoint of that step and returns
+/// [`TrainError::Interrupted`]; `--resume` continues from there. Clones
+/// share one request, so a signal handler can hold [`StopSignal::flag`].
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Arc<AtomicBool>);
+
+impl StopSignal {
+    /// The shared flag: setting it to `true` requests the stop.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.0)
+    }
+
+    /// Requests the stop.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested.
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Test-only interventions in a run, so that tests reach paths (a NaN
+/// loss) that no config can ask for. Empty outside this crate's tests.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Hooks {
+    /// Make the loss of this step (1-based) NaN; 0 = never.
+    #[cfg(test)]
+    pub(crate) poison_step: usize,
+}
+
+impl Hooks {
+    /// Whether the loss of `step` (1-based) is to be made NaN.
+    #[cfg(test)]
+    fn poisons(&self, step: usize) -> bool {
+        self.poison_step == step
+    }
+
+    #[cfg(not(test))]
+    fn poisons(&self, _step: usize) -> bool {
+        false
+    }
+}
+
+/// Runs BYOL pretraining of the built-in ResNet encoder of `config.model`
+/// as `config` says, in the run folder `out_dir`: `config.toml`
+/// (resolved), `metrics.jsonl`, `checkpoints/step-N/`, `encoder.mpk` (the
+/// online encoder alone) and `summary.json`.
+///
+/// Reports kNN accuracy of raw pixels, of the random-init encoder and of the
+/// encoder every `eval.every_epochs` epochs, when the data has labelled
+/// train and test splits. With `options.resume`, continues the run in
+/// `out_dir` from its newest valid checkpoint; `config` must then have the
+/// run's [`crate::config::RunIdentity`] (data, model, augmentation, seed,
+/// batch size).
+///
+/// # Errors
+///
+/// Any [`TrainError`]: bad config values (checked before any work), data,
+/// output files, a resume that does not fit, a diverging loss or collapse.
+pub fn pretrain<B: AutodiffBackend>(
+    config: &RunConfig,
+    out_dir: &Path,
+    device: &B::Device,
+    options: PretrainOptions,
+) -> Result<RunSummary, TrainError> {
+    config.validate()?;
+    // checked before the data is scanned; a resumed run loads its weights
+    // from the checkpoint instead
+    let init_from = if options.resume {
+        None
+    } else {
+        init_from(config)?
+    };
+    let source = ResNets { config, init_from };
+    run::<B, ResNet<B>>(config, out_dir, device, options, &source, Hooks::default())
+}
+
+/// [`pretrain`] with an encoder of your own: `encoder(channels, device)`
+/// returns a freshly initialised encoder for `channels`-channel images
+/// (called once for the online and once for the target network, under
+/// the run's seed). The heads, optimizers, schedules, monitors,
+/// checkpoints and resume are those of [`pretrain`]; the `[model]` keys
+/// that describe the built-in ResNets (`encoder`, `stem`,
+/// `width_multiplier`, `norm`, `norm_groups`) are not used, and
+/// `model.init_from` is refused (it loads torchvision ResNet weights).
+/// `cargo xtask eval`/`embed` read only the built-in ResNets; the saved
+/// `encoder.mpk` loads into your encoder with burn's recorder.
+///
+/// # Errors
+///
+/// As [`pretrain`], and [`TrainError::InvalidConfig`] when
+/// `model.init_from` is set.
+pub fn pretrain_encoder<B, E>(
+    config: &RunConfig,
+    out_dir: &Path,
+    device: &B::Device,
+    options: PretrainOptions,
+    encoder: impl Fn(usize, &B::Device) -> E,
+) -> Result<RunSummary, TrainError>
+where
+    B: AutodiffBackend,
+    E: Encoder<B> + AutodiffModule<B>,
+    E::InnerModule: Encoder<B::InnerBackend>,
+    Byol<B, E>: AutodiffModule<B>,
+{
+    config.validate()?;
+    if !config.model.init_from.as_os_str().is_empty() {
+        return Err(TrainError::InvalidConfig {
+            key: "model.init_from".into(),
+            value: config.model.init_from.display().to_string(),
+            expected: "\"\" with an encoder of your own (it loads torchvision ResNet weights)"
+                .into(),
+        });
+    }
+    let source = Custom {
+        config,
+        build: encoder,
+    };
+    run::<B, E>(config, out_dir, device, options, &source, Hooks::default())
+}
+
+/// The driver: folder check, data, start or resume, the loop, the finish.
+fn run<B, E>(
+    config: &RunConfig,
+    out_dir: &Path,
+    device: &B::Device,
+    options: PretrainOptions,
+    source: &dyn ModelSource<B, E>,
+    hooks: Hooks,
+) -> Result<RunSummary, TrainError>
+where
+    B: AutodiffBackend,
+    E: Encoder<B> + AutodiffModule<B>,
+    E::InnerModule: Encoder<B::InnerBackend>,
+    Byol<B, E>: AutodiffModule<B>,
+{
+    let started = Instant::now();
+    check_run_folder(config, out_dir, options.resume)?;
+    let data = data::open_data(config, options.progress)?;
+    let mut session = Session::start(config, out_dir, device, options, data, source, hooks)?;
+    let (train, plan) = (session.train_data(), session.plan());
+    let d = &config.data;
+    session.restart_clock();
+    let trained = with_loader(
+        &*train,
+        plan,
+        &config.augment,
+        d.on_corrupt,
+        d.prefetch,
+        |loader| {
+            while let Some(batch) = loader.next_batch()? {
+                session.on_batch(batch, loader.waited())?;
+            }
+            session.end_loop(loader.waited());
+            Ok(())
+        },
+    );
+    if let Err(e) = trained {
+        session.abandon();
+        return Err(e);
+    }
+    session.finish(started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+
+    use crate::checkpoint::list_checkpoints;
+
+    fn sample_config(overrides: &[&str]) -> RunConfig {
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fashion-mnist-sample");
+        let mut all: Vec<String> = vec![
+            format!("data.path={:?}", sample.display().to_string()),
+            "data.train_limit=256".into(),
+            "data.test_limit=100".into(),
+            "train.batch_size=64".into(),
+            "train.epochs=2".into(),
+            "model.projector_hidden=64".into(),
+            "model.predictor_hidden=64".into(),
+            "model.projection_dim=16".into(),
+        ];
+        all.extend(overrides.iter().map(|s| s.to_string()));
+        RunConfig::load(None, &all).expect("a valid test config")
+    }
+
+    fn run_with(
+        config: &RunConfig,
+        out: &Path,
+        resume: bool,
+        hooks: Hooks,
+    ) -> Result<RunSummary, TrainError> {
+        let options = PretrainOptions {
+            resume,
+            ..Default::default()
+        };
+        let source = ResNets {
+            config,
+            init_from: None,
+        };
+        run::<Autodiff<Flex>, ResNet<Autodiff<Flex>>>(
+            config,
+            out,
+            &Default::default(),
+            options,
+            &source,
+            hooks,
+        )
+    }
+
+    #[test]
+    fn a_nan_loss_stops_the_run_and_leaves_the_last_checkpoint_loadable() {
+        let config = sample_config(&["train.checkpoint_every=2", "train.log_every=3"]);
+        let out = tempfile::tempdir().expect("tempdir");
+        let err = run_with(&config, out.path(), false, Hooks { poison_step: 3 })
+            .expect_err("the NaN stops the run");
+        assert!(
+            matches!(err, TrainError::NonFinite { step: 3, .. }),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("NaN") && msg.contains("step"), "{msg}");
+        let ckpts = list_checkpoints(out.path());
+        assert_eq!(ckpts[0].0, 2, "nothing written after the NaN");
+        let summary = run_with(&config, out.path(), true, Hooks::default())
+            .expect("the checkpoint resumes once the poison is gone");
+        assert_eq!(summary.resumed_from, Some(2));
+        assert_eq!(summary.steps, 8);
+        assert!(summary.final_loss.is_finite());
+    }
+
+    #[test]
+    fn a_nan_between_log_intervals_is_caught_before_the_checkpoint() {
+        // step 3 poisoned, logged only at 4: the loss sum read before the
+        // step-4 checkpoint finds it
+        let config = sample_config(&["train.checkpoint_every=4", "train.log_every=5"]);
+        let out = tempfile::tempdir().expect("tempdir");
+        let err = run_with(&config, out.path(), false, Hooks { poison_step: 3 })
+            .expect_err("the NaN stops the run");
+        assert!(
+            matches!(err, TrainError::NonFinite { step: 4, .. }),
+            "{err}"
+        );
+        assert!(list_checkpoints(out.path()).is_empty());
+    }
+}
