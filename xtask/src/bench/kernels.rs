@@ -81,15 +81,13 @@ pub fn bench_step<B: AutodiffBackend>(
         .validate("model")
         .with_context(|| format!("bench step {}", config.name))?;
     let shape = [config.batch_size, config.channels, config.size, config.size];
-    let generator = byol_model::seeded::<B>(device, 0);
-    let mut model: Byol<B, ResNet<B>> = Byol::new(
-        encoder.init(device),
-        Some(encoder.init(device)),
-        &config.model.heads_config(),
-        device,
-    );
-    byol_model::materialize(&model);
-    // inputs made before the clock starts, reused in turn
+    let mut model: Byol<B, ResNet<B>> =
+        Byol::seeded(0, device, &config.model.heads_config(), true, |device| {
+            encoder.init(device)
+        });
+    // inputs made before the clock starts, reused in turn, drawn under the
+    // generator's guard like the weights
+    let generator = byol_model::seeded::<B>(device, 1);
     let inputs: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = (0..4)
         .map(|_| {
             (
