@@ -11,10 +11,10 @@
 //! the centred batch of representations [Roy & Vetterli 2007]: 1 for a
 //! rank-one batch, up to min(batch, dim).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The three monitors of one batch.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CollapseMetrics {
     /// Std of the L2-normalised projections (healthy ≈ 1/√d, collapse → 0).
     pub z_std: f64,

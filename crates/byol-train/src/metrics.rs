@@ -5,12 +5,17 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize)]
+/// One line of `metrics.jsonl`, written by [`MetricsLog::write`] and read
+/// back with serde_json (`byol_plot` charts them).
+///
+/// JSON has no NaN or infinity: serde_json writes such a float as `null`,
+/// and a `null` reads back as NaN, so the record of a step that diverged
+/// still reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
     /// Logged every `train.log_every` steps.
@@ -20,19 +25,24 @@ pub enum Record {
         /// Epoch, from 1.
         epoch: usize,
         /// BYOL loss of this step.
+        #[serde(deserialize_with = "null_as_nan")]
         loss: f32,
         /// τ used for this step's target update.
+        #[serde(deserialize_with = "null_as_nan")]
         tau: f64,
         /// Learning rate of the step (encoder and projector group).
+        #[serde(deserialize_with = "null_as_nan")]
         lr: f64,
         /// Training throughput since the previous record.
+        #[serde(deserialize_with = "null_as_nan")]
         images_per_sec: f64,
         /// Fraction of the wall time since the previous record spent
         /// waiting for data.
+        #[serde(deserialize_with = "null_as_nan")]
         data_wait_fraction: f64,
         /// Collapse monitors of the step's batch (see
         /// [`crate::collapse`]).
-        #[serde(flatten)]
+        #[serde(flatten, deserialize_with = "collapse_null_as_nan")]
         collapse: crate::collapse::CollapseMetrics,
     },
     /// A kNN evaluation.
@@ -44,8 +54,10 @@ pub enum Record {
         /// Optimizer steps done.
         step: usize,
         /// kNN top-1 accuracy on the test split, in [0, 1].
+        #[serde(deserialize_with = "null_as_nan")]
         top1: f64,
         /// kNN top-5 accuracy.
+        #[serde(deserialize_with = "null_as_nan")]
         top5: f64,
     },
     /// End of an epoch.
@@ -55,14 +67,64 @@ pub enum Record {
         /// Optimizer steps done.
         step: usize,
         /// Mean loss over the epoch's steps.
+        #[serde(deserialize_with = "null_as_nan")]
         loss: f64,
         /// Wall time of the epoch's training steps.
+        #[serde(deserialize_with = "null_as_nan")]
         seconds: f64,
         /// Images per second over the epoch.
+        #[serde(deserialize_with = "null_as_nan")]
         images_per_sec: f64,
         /// Fraction of the epoch's wall time spent waiting for data.
+        #[serde(deserialize_with = "null_as_nan")]
         data_wait_fraction: f64,
     },
+}
+
+/// A float type with a NaN, for [`null_as_nan`].
+trait Float: Sized {
+    const NAN: Self;
+}
+
+impl Float for f32 {
+    const NAN: Self = f32::NAN;
+}
+
+impl Float for f64 {
+    const NAN: Self = f64::NAN;
+}
+
+/// Reads a float that serde_json may have written as `null` (a NaN or an
+/// infinity) as NaN.
+fn null_as_nan<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Float,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or(T::NAN))
+}
+
+/// [`crate::collapse::CollapseMetrics`] read with [`null_as_nan`] (its
+/// fields are flattened into the step record).
+fn collapse_null_as_nan<'de, D>(d: D) -> Result<crate::collapse::CollapseMetrics, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Collapse {
+        #[serde(deserialize_with = "null_as_nan")]
+        z_std: f64,
+        #[serde(deserialize_with = "null_as_nan")]
+        repr_variance: f64,
+        #[serde(deserialize_with = "null_as_nan")]
+        effective_rank: f64,
+    }
+    let c = Collapse::deserialize(d)?;
+    Ok(crate::collapse::CollapseMetrics {
+        z_std: c.z_std,
+        repr_variance: c.repr_variance,
+        effective_rank: c.effective_rank,
+    })
 }
 
 /// Appends records to a `metrics.jsonl`.
