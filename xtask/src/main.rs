@@ -41,10 +41,12 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// The encoder as safetensors with torchvision's keys, for PyTorch.
     Export(export::ExportArgs),
-    /// PNG charts of a run's metrics (loss, kNN, τ, learning rate, z-std).
+    /// PNG charts of a run's metrics (loss, kNN, τ, learning rate, z-std, rank) and a dashboard.
     Plot(plot::PlotArgs),
     /// A PNG grid of images and their augmented views.
     Preview(plot::PreviewArgs),
+    /// A PNG grid of test images and their nearest training images, under the encoder and raw pixels.
+    Neighbours(plot::NeighboursArgs),
     /// Benchmarks (figures go in docs/results.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -99,6 +101,7 @@ fn main() -> Result<()> {
         Command::Export(args) => export::run(args),
         Command::Plot(args) => plot::plot(args),
         Command::Preview(args) => plot::preview(args),
+        Command::Neighbours(args) => plot::neighbours(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
@@ -255,7 +258,7 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         out.display()
     );
     // the run is finished and saved: a chart that cannot be drawn only warns
-    match byol_train::plot::plot_run(&out) {
+    match byol_plot::plot_run(&out) {
         Ok(files) => println!(
             "charts: {}",
             files

@@ -16,8 +16,6 @@ pub mod loader;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
-#[cfg(feature = "plot")]
-pub mod plot;
 pub mod progress;
 pub mod run;
 pub mod schedule;
