@@ -589,8 +589,15 @@ impl RunConfig {
     /// that an error is the first override's that causes it, named as
     /// `--set KEY=VALUE: ...`.
     fn from_toml(text: &str, overrides: &[String]) -> Result<Self, String> {
-        let mut config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut config: Self = if retire_nan_switch(&mut table)? {
+            toml::Value::Table(table.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| e.to_string())?
+        } else {
+            // parsed from the text, so that errors point at its lines
+            toml::from_str(text).map_err(|e| e.to_string())?
+        };
         for item in overrides {
             let (key, value) = item
                 .split_once('=')
@@ -670,6 +677,28 @@ impl RunConfig {
 
 /// Sets the dotted `key` of `table` to `value`, making the tables on the
 /// way; the error says what is wrong with the key alone.
+/// `train.inject_nan_at_step`, a test switch that the resolved config of
+/// every run before it was retired holds as `0`: removed from `table` when
+/// it is `0` (off, so the run is the same without it), so that those run
+/// folders still resume; any other value is refused. Returns whether it
+/// was there.
+fn retire_nan_switch(table: &mut toml::Table) -> Result<bool, String> {
+    let Some(toml::Value::Table(train)) = table.get_mut("train") else {
+        return Ok(false);
+    };
+    match train.get("inject_nan_at_step") {
+        None => Ok(false),
+        Some(toml::Value::Integer(0)) => {
+            train.remove("inject_nan_at_step");
+            Ok(true)
+        }
+        Some(other) => Err(format!(
+            "train.inject_nan_at_step = {other}: this test switch was removed (only 0, \"off\", \
+             is still read, from the config.toml of older runs)"
+        )),
+    }
+}
+
 fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
     let mut parts: Vec<&str> = key.split('.').collect();
     let last = parts
@@ -692,6 +721,16 @@ fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_runs_config_with_the_retired_nan_switch_at_zero_still_loads() {
+        let old = "[train]\nepochs = 3\ninject_nan_at_step = 0\n";
+        let config = RunConfig::from_toml(old, &[]).expect("an older run's config");
+        assert_eq!(config.train.epochs, 3);
+        let err = RunConfig::from_toml("[train]\ninject_nan_at_step = 5\n", &[])
+            .expect_err("the switch is gone");
+        assert!(err.contains("train.inject_nan_at_step"), "{err}");
+    }
 
     fn err(text: &str, overrides: &[&str]) -> String {
         let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
