@@ -13,6 +13,7 @@ use byol_eval::{extract_features, pixel_features};
 use byol_model::Encoder;
 use byol_train::run::{check_fits, open_split};
 use byol_train::{Run, RunConfig};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -260,10 +261,14 @@ pub fn neighbours_grid(
         .max()
         .unwrap_or(0);
     let n = found.queries.len();
-    let pair_h = 2 * cell + GAP + PAIR_GAP;
-    let neighbours_x = LABEL_W + cell + QUERY_GAP;
-    let width = (neighbours_x + k * (cell + GAP) + GAP).max(MIN_WIDTH);
-    let height = HEADER + n * pair_h + FOOTER;
+    let layout = Layout {
+        cell,
+        k,
+        n,
+        pair_h: 2 * cell + GAP + PAIR_GAP,
+        neighbours_x: LABEL_W + cell + QUERY_GAP,
+    };
+    let (width, height) = layout.size();
     let mut grid = Rgb8Image::white(width as u32, height as u32);
     let rgb_of = |ds: &dyn Dataset, i: usize| -> Result<Vec<u8>, PlotError> {
         let image = ds.image(i)?;
@@ -276,7 +281,7 @@ pub fn neighbours_grid(
     };
     let counts = same_class(train, test, found);
     for (i, &q) in found.queries.iter().enumerate() {
-        let top = HEADER + i * pair_h;
+        let top = HEADER + i * layout.pair_h;
         // the query, centred on its two rows
         grid.blit(&rgb_of(test, q)?, size, scale, LABEL_W, query_y(top, cell));
         let label = test.label(q);
@@ -286,7 +291,7 @@ pub fn neighbours_grid(
         {
             let y0 = top + r * (cell + GAP);
             for (col, &j) in row.iter().enumerate() {
-                let x0 = neighbours_x + col * (cell + GAP);
+                let x0 = layout.neighbours_x + col * (cell + GAP);
                 grid.blit(&rgb_of(train, j)?, size, scale, x0, y0);
                 if counts.is_some() && train.label(j) != label {
                     grid.frame(x0, y0, cell, cell, FRAME, MISMATCH);
@@ -294,103 +299,156 @@ pub fn neighbours_grid(
             }
         }
     }
-    register();
-    {
-        let e = draw_err("the neighbours grid");
-        let area = BitMapBackend::with_buffer(&mut grid.pixels, (width as u32, height as u32))
-            .into_drawing_area();
-        let left_mid = Pos::new(HPos::Left, VPos::Center);
-        let header = ("sans-serif", 17).into_font().color(&BLACK);
-        let name = ("sans-serif", 17).into_font().color(&BLACK).pos(left_mid);
-        let note = ("sans-serif", 13)
-            .into_font()
-            .color(&RGBColor(90, 90, 90))
-            .pos(left_mid);
-        let centre = Pos::new(HPos::Center, VPos::Top);
-        area.draw(&Text::new(
-            "test image",
-            ((LABEL_W + cell / 2) as i32, 8),
-            header.clone().pos(centre),
-        ))
-        .map_err(|x| e(&x))?;
-        area.draw(&Text::new(
-            format!("its {k} nearest training images, most similar first →"),
-            (neighbours_x as i32, 8),
-            header.clone(),
-        ))
-        .map_err(|x| e(&x))?;
-        let names = test.class_names();
-        for i in 0..n {
-            let top = HEADER + i * pair_h;
-            for (r, (title, row)) in [
-                ("encoder", &found.encoder[i]),
-                ("raw pixels", &found.pixels[i]),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                let mid = (top + r * (cell + GAP) + cell / 2) as i32;
-                if counts.is_some() {
-                    let label = test.label(found.queries[i]);
-                    let same = row.iter().filter(|&&j| train.label(j) == label).count();
-                    area.draw(&Text::new(title, (10, mid - 9), name.clone()))
-                        .map_err(|x| e(&x))?;
-                    area.draw(&Text::new(
-                        format!("{same}/{} same class", row.len()),
-                        (10, mid + 11),
-                        note.clone(),
-                    ))
-                    .map_err(|x| e(&x))?;
-                } else {
-                    area.draw(&Text::new(title, (10, mid), name.clone()))
-                        .map_err(|x| e(&x))?;
-                }
-            }
-            // the query's class: its name where the dataset knows it
-            let class = test.label(found.queries[i]).map(|l| {
-                names
-                    .as_ref()
-                    .and_then(|n| n.get(l as usize).cloned())
-                    .unwrap_or_else(|| format!("class {l}"))
-            });
-            if let Some(class) = class {
-                let below = (query_y(top, cell) + cell + 4) as i32;
-                area.draw(&Text::new(
-                    class,
-                    ((LABEL_W + cell / 2) as i32, below),
-                    note.clone().pos(centre),
-                ))
-                .map_err(|x| e(&x))?;
-            }
-            if i + 1 < n {
-                let y = (top + pair_h - PAIR_GAP / 2) as i32;
-                area.draw(&PathElement::new(
-                    vec![(10, y), (width as i32 - 10, y)],
-                    RGBColor(200, 200, 200),
-                ))
-                .map_err(|x| e(&x))?;
-            }
-        }
-        let footer = ("sans-serif", 13).into_font().color(&RGBColor(60, 60, 60));
-        let y = (height - FOOTER + 6) as i32;
-        let lines = [
-            "nearest by cosine similarity: of the trained encoder's features, and of the pixels themselves",
-            match counts {
-                Some(_) => "red frame: a training image of another class than the test image",
-                None => "the images have no labels: classes are not compared",
-            },
-        ];
-        for (l, line) in lines.into_iter().enumerate() {
-            area.draw(&Text::new(line, (10, y + 20 * l as i32), footer.clone()))
-                .map_err(|x| e(&x))?;
-        }
-        area.present().map_err(|x| e(&x))?;
-    }
+    draw_text(&mut grid, &layout, train, test, found, counts.is_some())?;
     Ok(NeighboursPicture {
         image: grid,
         neighbours: found.clone(),
         same_class: counts,
     })
+}
+
+/// Where the parts of the neighbours grid go.
+struct Layout {
+    /// Side of one image cell, in pixels.
+    cell: usize,
+    /// Neighbours per row.
+    k: usize,
+    /// Queries (pairs of rows).
+    n: usize,
+    /// Height of one query's pair of rows, with the gaps.
+    pair_h: usize,
+    /// Left edge of the first neighbour.
+    neighbours_x: usize,
+}
+
+impl Layout {
+    /// (width, height) of the whole picture.
+    fn size(&self) -> (usize, usize) {
+        let width = (self.neighbours_x + self.k * (self.cell + GAP) + GAP).max(MIN_WIDTH);
+        (width, HEADER + self.n * self.pair_h + FOOTER)
+    }
+}
+
+/// The grid's text: the header, each row's name and same-class count, each
+/// query's class, the separators and the footer.
+fn draw_text(
+    grid: &mut Rgb8Image,
+    layout: &Layout,
+    train: &dyn Dataset,
+    test: &dyn Dataset,
+    found: &Neighbours,
+    labelled: bool,
+) -> Result<(), PlotError> {
+    register();
+    let (width, height) = layout.size();
+    let Layout {
+        cell,
+        k,
+        n,
+        pair_h,
+        neighbours_x,
+    } = *layout;
+    let e = draw_err("the neighbours grid");
+    let area = BitMapBackend::with_buffer(&mut grid.pixels, (width as u32, height as u32))
+        .into_drawing_area();
+    let left_mid = Pos::new(HPos::Left, VPos::Center);
+    let header = ("sans-serif", 17).into_font().color(&BLACK);
+    let name = ("sans-serif", 17).into_font().color(&BLACK).pos(left_mid);
+    let note = ("sans-serif", 13)
+        .into_font()
+        .color(&RGBColor(90, 90, 90))
+        .pos(left_mid);
+    let centre = Pos::new(HPos::Center, VPos::Top);
+    area.draw(&Text::new(
+        "test image",
+        ((LABEL_W + cell / 2) as i32, 8),
+        header.clone().pos(centre),
+    ))
+    .map_err(|x| e(&x))?;
+    area.draw(&Text::new(
+        format!("its {k} nearest training images, most similar first →"),
+        (neighbours_x as i32, 8),
+        header.clone(),
+    ))
+    .map_err(|x| e(&x))?;
+    let names = test.class_names();
+    for i in 0..n {
+        let top = HEADER + i * pair_h;
+        for (r, (title, row)) in [
+            ("encoder", &found.encoder[i]),
+            ("raw pixels", &found.pixels[i]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mid = (top + r * (cell + GAP) + cell / 2) as i32;
+            if labelled {
+                let label = test.label(found.queries[i]);
+                let same = row.iter().filter(|&&j| train.label(j) == label).count();
+                area.draw(&Text::new(title, (10, mid - 9), name.clone()))
+                    .map_err(|x| e(&x))?;
+                area.draw(&Text::new(
+                    format!("{same}/{} same class", row.len()),
+                    (10, mid + 11),
+                    note.clone(),
+                ))
+                .map_err(|x| e(&x))?;
+            } else {
+                area.draw(&Text::new(title, (10, mid), name.clone()))
+                    .map_err(|x| e(&x))?;
+            }
+        }
+        // the query's class: its name where the dataset knows it
+        let class = test.label(found.queries[i]).map(|l| {
+            names
+                .as_ref()
+                .and_then(|n| n.get(l as usize).cloned())
+                .unwrap_or_else(|| format!("class {l}"))
+        });
+        if let Some(class) = class {
+            let below = (query_y(top, cell) + cell + 4) as i32;
+            area.draw(&Text::new(
+                class,
+                ((LABEL_W + cell / 2) as i32, below),
+                note.clone().pos(centre),
+            ))
+            .map_err(|x| e(&x))?;
+        }
+        if i + 1 < n {
+            let y = (top + pair_h - PAIR_GAP / 2) as i32;
+            area.draw(&PathElement::new(
+                vec![(10, y), (width as i32 - 10, y)],
+                RGBColor(200, 200, 200),
+            ))
+            .map_err(|x| e(&x))?;
+        }
+    }
+    draw_footer(&area, height, labelled)?;
+    area.present().map_err(|x| e(&x))
+}
+
+/// The footer's two lines: what "nearest" means and what a red frame says.
+fn draw_footer(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    height: usize,
+    labelled: bool,
+) -> Result<(), PlotError> {
+    let e = draw_err("the neighbours grid");
+    let footer = ("sans-serif", 13).into_font().color(&RGBColor(60, 60, 60));
+    let y = (height - FOOTER + 6) as i32;
+    let lines = [
+        "nearest by cosine similarity: of the trained encoder's features, and of the pixels themselves",
+        if labelled {
+            "red frame: a training image of another class than the test image"
+        } else {
+            "the images have no labels: classes are not compared"
+        },
+    ];
+    for (l, line) in lines.into_iter().enumerate() {
+        area.draw(&Text::new(line, (10, y + 20 * l as i32), footer.clone()))
+            .map_err(|x| e(&x))?;
+    }
+    Ok(())
 }
 
 /// The neighbours picture of a run: its trained encoder (`encoder.mpk`),
