@@ -77,17 +77,28 @@ pub struct DataIdentity {
 impl RunIdentity {
     /// The identity of `config`.
     pub fn of(config: &RunConfig) -> Self {
-        let d = &config.data;
+        // destructured whole, so that a new [data] key must be placed
+        // here or explicitly left out
+        let DataConfig {
+            path,
+            format,
+            pretrain_split,
+            on_corrupt,
+            cifar100_labels,
+            train_limit,
+            test_limit,
+            prefetch: _,
+        } = config.data.clone();
         Self {
             seed: config.seed,
             data: DataIdentity {
-                path: d.path.clone(),
-                format: d.format,
-                pretrain_split: d.pretrain_split,
-                on_corrupt: d.on_corrupt,
-                cifar100_labels: d.cifar100_labels,
-                train_limit: d.train_limit,
-                test_limit: d.test_limit,
+                path,
+                format,
+                pretrain_split,
+                on_corrupt,
+                cifar100_labels,
+                train_limit,
+                test_limit,
             },
             model: config.model.clone(),
             augment: config.augment.clone(),
@@ -675,8 +686,6 @@ impl RunConfig {
     }
 }
 
-/// Sets the dotted `key` of `table` to `value`, making the tables on the
-/// way; the error says what is wrong with the key alone.
 /// `train.inject_nan_at_step`, a test switch that the resolved config of
 /// every run before it was retired holds as `0`: removed from `table` when
 /// it is `0` (off, so the run is the same without it), so that those run
@@ -699,6 +708,8 @@ fn retire_nan_switch(table: &mut toml::Table) -> Result<bool, String> {
     }
 }
 
+/// Sets the dotted `key` of `table` to `value`, making the tables on the
+/// way; the error says what is wrong with the key alone.
 fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
     let mut parts: Vec<&str> = key.split('.').collect();
     let last = parts

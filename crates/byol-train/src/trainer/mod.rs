@@ -123,7 +123,7 @@ impl Hooks {
 /// train and test splits. With `options.resume`, continues the run in
 /// `out_dir` from its newest valid checkpoint; `config` must then have the
 /// run's [`crate::config::RunIdentity`] (data, model, augmentation, seed,
-/// batch size).
+/// batch size, `use_momentum`).
 ///
 /// # Errors
 ///
@@ -148,9 +148,10 @@ pub fn pretrain<B: AutodiffBackend>(
 }
 
 /// [`pretrain`] with an encoder of your own: `encoder(channels, device)`
-/// returns a freshly initialised encoder for `channels`-channel images
-/// (called once for the online and once for the target network, under
-/// the run's seed). The heads, optimizers, schedules, monitors,
+/// returns a freshly initialised encoder for `channels`-channel images,
+/// under the run's seed (called for the online network, for the target
+/// when `train.use_momentum`, and again for each checkpoint tried when
+/// resuming, whose weights then replace the fresh ones). The heads, optimizers, schedules, monitors,
 /// checkpoints and resume are those of [`pretrain`]; the `[model]` keys
 /// that describe the built-in ResNets (`encoder`, `stem`,
 /// `width_multiplier`, `norm`, `norm_groups`) are not used, and

@@ -13,6 +13,13 @@ use crate::{RunConfig, TrainError};
 /// implementation draws its weights through [`Byol::seeded`], so a run's
 /// initial weights depend on its seed alone.
 pub(crate) trait ModelSource<B: Backend, E> {
+    /// Checks that networks for `channels`-channel images can be built,
+    /// before any checkpoint is tried (so that a bad config is reported as
+    /// such, not as an unusable checkpoint).
+    fn validate(&self, _channels: usize) -> Result<(), TrainError> {
+        Ok(())
+    }
+
     /// The networks of a fresh run, with any pretrained weights loaded.
     fn fresh(&self, channels: usize, device: &B::Device) -> Result<Byol<B, E>, TrainError>;
 
@@ -28,6 +35,14 @@ pub(crate) struct ResNets<'a> {
 }
 
 impl<B: Backend> ModelSource<B, ResNet<B>> for ResNets<'_> {
+    fn validate(&self, channels: usize) -> Result<(), TrainError> {
+        Ok(self
+            .config
+            .model
+            .encoder_config(channels)
+            .validate("model")?)
+    }
+
     fn fresh(&self, channels: usize, device: &B::Device) -> Result<Byol<B, ResNet<B>>, TrainError> {
         let model = self.skeleton(channels, device)?;
         let Some(path) = self.init_from else {
@@ -46,8 +61,8 @@ impl<B: Backend> ModelSource<B, ResNet<B>> for ResNets<'_> {
         channels: usize,
         device: &B::Device,
     ) -> Result<Byol<B, ResNet<B>>, TrainError> {
+        <Self as ModelSource<B, ResNet<B>>>::validate(self, channels)?;
         let encoder = self.config.model.encoder_config(channels);
-        encoder.validate("model")?;
         Ok(Byol::seeded(
             self.config.seed,
             device,

@@ -184,8 +184,9 @@ where
     ///
     /// # Errors
     ///
-    /// A run folder that holds a run (fresh) or none that fits (resume),
-    /// the model source's errors, output files.
+    /// A set smaller than a batch, `[augment]` that does not fit the
+    /// images, the model source's errors, no usable checkpoint (resume),
+    /// output files.
     pub(crate) fn start(
         config: &'a RunConfig,
         out_dir: &'a Path,
@@ -619,6 +620,7 @@ where
     E: Encoder<B> + AutodiffModule<B>,
     Byol<B, E>: AutodiffModule<B>,
 {
+    source.validate(channels)?;
     let settings = config.train.optimizer_settings();
     let found = newest_usable(out_dir, |dir| {
         let skeleton = source.skeleton(channels, device)?;
