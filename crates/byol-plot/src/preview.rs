@@ -130,6 +130,23 @@ mod tests {
     use super::*;
     use byol_data::{IdxDataset, ImageSet};
 
+    /// Unlabelled 8×8 grey images of `pixels`, and a config for views of
+    /// that size (blur kernels that fit).
+    fn eight_by_eight(pixels: Vec<u8>) -> (IdxDataset, RunConfig) {
+        let set = ImageSet {
+            pixels,
+            height: 8,
+            width: 8,
+            channels: 1,
+        };
+        let ds = IdxDataset::new(set, None, "test").expect("valid");
+        let mut config = RunConfig::default();
+        config.augment.size = 8;
+        config.augment.view1.blur_kernel_size = 3;
+        config.augment.view2.blur_kernel_size = 3;
+        (ds, config)
+    }
+
     #[test]
     fn preview_grid_shows_originals_and_views() {
         // 4 images of 8×8: a bright square on black, at another place in each
@@ -141,21 +158,7 @@ mod tests {
                 }
             }
         }
-        let ds = IdxDataset::new(
-            ImageSet {
-                pixels,
-                height: 8,
-                width: 8,
-                channels: 1,
-            },
-            None,
-            "test",
-        )
-        .expect("valid");
-        let mut config = RunConfig::default();
-        config.augment.size = 8;
-        config.augment.view1.blur_kernel_size = 3;
-        config.augment.view2.blur_kernel_size = 3;
+        let (ds, config) = eight_by_eight(pixels);
         let options = PreviewOptions {
             rows: 2,
             draws: 2,
@@ -190,21 +193,7 @@ mod tests {
 
     #[test]
     fn zero_rows_is_an_error_naming_the_option() {
-        let ds = IdxDataset::new(
-            ImageSet {
-                pixels: vec![0; 64],
-                height: 8,
-                width: 8,
-                channels: 1,
-            },
-            None,
-            "test",
-        )
-        .expect("valid");
-        let mut config = RunConfig::default();
-        config.augment.size = 8;
-        config.augment.view1.blur_kernel_size = 3;
-        config.augment.view2.blur_kernel_size = 3;
+        let (ds, config) = eight_by_eight(vec![0; 64]);
         let options = PreviewOptions {
             rows: 0,
             ..PreviewOptions::default()

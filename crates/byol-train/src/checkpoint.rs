@@ -281,16 +281,9 @@ mod tests {
             step,
             epoch_loss_sum: 1.5,
             epoch_steps: 2,
-            tau: 0.99,
             lr: 0.1,
-            last_epoch_loss: None,
-            knn_raw_pixels: None,
-            knn_random_init: None,
-            knn_trained: None,
-            low_z_std_intervals: 0,
-            skipped_images: 0,
             train_seconds: 1.0,
-            data_wait_seconds: 0.0,
+            ..TrainState::fresh(0.99)
         }
     }
 
