@@ -77,7 +77,10 @@ fn flex_types<B: Backend>() -> (bool, bool) {
     {
         use burn::backend::{Autodiff, Flex};
         let b = TypeId::of::<B>();
-        (b == TypeId::of::<Flex>(), b == TypeId::of::<Autodiff<Flex>>())
+        (
+            b == TypeId::of::<Flex>(),
+            b == TypeId::of::<Autodiff<Flex>>(),
+        )
     }
     #[cfg(not(feature = "flex"))]
     {
