@@ -213,7 +213,6 @@ where
     let mut session = Session::start(config, out_dir, device, options, data, source, hooks)?;
     let (train, plan) = (session.train_data(), session.plan());
     let d = &config.data;
-    session.restart_clock();
     let trained = with_loader(
         &*train,
         plan,

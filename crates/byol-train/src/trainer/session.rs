@@ -146,6 +146,19 @@ struct Clock {
     epoch: Mark,
 }
 
+impl Clock {
+    /// A clock starting now, on top of the times `state` recorded.
+    fn new(state: &TrainState) -> Self {
+        Self {
+            start: Instant::now(),
+            train_seconds_before: state.train_seconds,
+            wait_seconds_before: state.data_wait_seconds,
+            last_log: Mark::now(Duration::ZERO),
+            epoch: Mark::now(Duration::ZERO),
+        }
+    }
+}
+
 /// A run in progress.
 pub(crate) struct Session<'a, B: AutodiffBackend, E>
 where
@@ -219,13 +232,7 @@ where
             "{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}",
         );
         bar.set_position(state.step as u64);
-        let clock = Clock {
-            start: Instant::now(),
-            train_seconds_before: state.train_seconds,
-            wait_seconds_before: state.data_wait_seconds,
-            last_log: Mark::now(Duration::ZERO),
-            epoch: Mark::now(Duration::ZERO),
-        };
+        let clock = Clock::new(&state);
         let loss_sum = Tensor::from_floats([state.epoch_loss_sum as f32], device);
         let mut session = Self {
             config,
@@ -256,6 +263,9 @@ where
             from = session.state.step,
             "pretraining"
         );
+        // training time starts here: the data scan and the baselines are
+        // not part of it
+        session.clock = Clock::new(&session.state);
         Ok(session)
     }
 
@@ -267,14 +277,6 @@ where
     /// The pretraining images.
     pub(crate) fn train_data(&self) -> std::sync::Arc<dyn byol_data::Dataset> {
         self.data.train.clone()
-    }
-
-    /// Restarts the session's clocks where the loader starts: the time
-    /// `start` took (data scan, baselines) is not training time.
-    pub(crate) fn restart_clock(&mut self) {
-        self.clock.start = Instant::now();
-        self.clock.last_log = Mark::now(Duration::ZERO);
-        self.clock.epoch = Mark::now(Duration::ZERO);
     }
 
     /// The kNN of raw pixels and of the random-init encoder, before the
