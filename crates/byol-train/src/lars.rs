@@ -10,7 +10,9 @@
 //! ratio; 1 when either norm is 0); `v ← μv + u` (`v₀ = u`); `w ← w − lr·v`.
 //! Biases and normalisation parameters — the one-dimensional tensors of our
 //! networks — skip the weight decay and the trust ratio but keep momentum.
-//! Optionally the ratio is capped at 1 (solo-learn's `clip_lr`).
+//! Optionally the ratio is clipped as solo-learn's `clip_lr` does it:
+//! `ratio ← min(ratio / lr, 1)`, so that a tensor's own rate `lr·ratio`
+//! never exceeds the global rate `lr` (LARC's clipping mode).
 //!
 //! Written as burn writes SGD: a config, a state record and
 //! [`SimpleOptimizer`], wrapped by burn's `OptimizerAdaptor`.
@@ -39,8 +41,9 @@ pub struct LarsConfig {
     /// shifts) out of weight decay and trust-ratio adaptation.
     #[config(default = true)]
     pub exclude_bias_and_norm: bool,
-    /// Cap the trust ratio at 1, so no tensor steps faster than the global
-    /// rate (solo-learn's `clip_lr`, LARC's clipping mode).
+    /// Clip the trust ratio relative to the learning rate,
+    /// `ratio ← min(ratio / lr, 1)`, so no tensor steps faster than the
+    /// global rate (solo-learn's `clip_lr`, LARC's clipping mode).
     #[config(default = false)]
     pub clip_ratio: bool,
 }
@@ -104,7 +107,8 @@ impl<B: Backend> SimpleOptimizer<B> for Lars {
                 (w_norm / u_norm.clamp_min(f32::MIN_POSITIVE)).mul_scalar(self.trust_coefficient);
             let ratio = ratio.ones_like().mask_where(both_positive, ratio);
             let ratio = if self.clip_ratio {
-                ratio.clamp_max(1.0)
+                // lr·min(ratio/lr, 1) = min(lr·ratio, lr); lr = 0 steps by 0
+                ratio.div_scalar(lr.max(f64::MIN_POSITIVE)).clamp_max(1.0)
             } else {
                 ratio
             };
@@ -207,21 +211,33 @@ mod tests {
     }
 
     #[test]
-    fn a_clipped_trust_ratio_never_exceeds_one() {
-        // ‖w‖ = 5, ‖g‖ = 0.05, η = 1: ratio 100, clipped to 1
-        let lars = LarsConfig::new()
-            .with_weight_decay(0.0)
-            .with_trust_coefficient(1.0)
-            .with_clip_ratio(true)
-            .build();
-        let (w1, _) = SimpleOptimizer::<B>::step(
-            &lars,
-            0.1,
-            t(&[3.0, 4.0], [1, 2]),
-            t(&[0.03, 0.04], [1, 2]),
-            None,
+    fn a_clipped_trust_ratio_caps_the_tensor_rate_at_the_global_rate() {
+        // ‖w‖ = 5, ‖g‖ = 0.05, η = 1e-3: ratio 0.1
+        let step = |clip: bool, lr: f64| {
+            let lars = LarsConfig::new()
+                .with_weight_decay(0.0)
+                .with_trust_coefficient(1e-3)
+                .with_clip_ratio(clip)
+                .build();
+            let (w1, _) = SimpleOptimizer::<B>::step(
+                &lars,
+                lr,
+                t(&[3.0, 4.0], [1, 2]),
+                t(&[0.03, 0.04], [1, 2]),
+                None,
+            );
+            vec(w1)
+        };
+        // lr 0.01: ratio / lr = 10, clipped to 1, so the step is lr·g
+        close(&step(true, 0.01), &[3.0 - 0.01 * 0.03, 4.0 - 0.01 * 0.04]);
+        // unclipped, the same lr steps by lr·0.1·g
+        close(
+            &step(false, 0.01),
+            &[3.0 - 0.001 * 0.03, 4.0 - 0.001 * 0.04],
         );
-        close(&vec(w1), &[3.0 - 0.003, 4.0 - 0.004]);
+        // lr 1: ratio / lr = 0.1 < 1, clipping changes nothing
+        close(&step(true, 1.0), &step(false, 1.0));
+        close(&step(true, 1.0), &[3.0 - 0.1 * 0.03, 4.0 - 0.1 * 0.04]);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! The whole method, as [`byol_step`] runs it:
 //! online = encoder + projector + predictor; target = encoder + projector,
 //! updated by EMA ξ ← τξ + (1 − τ)θ after each optimizer step;
-//! loss = ½(ℓ(p₁, sg(z₂)) + ℓ(p₂, sg(z₁))) with ℓ = 2 − 2·cos
+//! loss = ℓ(p₁, sg(z₂)) + ℓ(p₂, sg(z₁)) (the paper's sum, §3.1) with
+//! ℓ = 2 − 2·cos
 //! [BYOL, Grill et al. 2020, arXiv:2006.07733].
 
 pub mod checkpoint;

@@ -28,13 +28,17 @@ pub fn regression_loss<B: Backend>(p: Tensor<B, 2>, z: Tensor<B, 2>) -> Tensor<B
     cos.mul_scalar(-2.0).add_scalar(2.0).reshape([batch])
 }
 
-/// The symmetric BYOL loss ½(ℓ(p₁, sg(z₂)) + ℓ(p₂, sg(z₁))), averaged over
-/// the batch.
+/// The symmetric BYOL loss ℓ(p₁, sg(z₂)) + ℓ(p₂, sg(z₁)), each term
+/// averaged over the batch; values lie in [0, 8].
 ///
 /// "we symmetrize the loss L_θ,ξ in Eq. 2 by separately feeding v′ to the
-/// online network and v to the target network to compute L̃_θ,ξ"
-/// [BYOL, Grill et al. 2020, arXiv:2006.07733, §3.1]. The target projections
-/// are detached here too, whatever the caller passes.
+/// online network and v to the target network to compute L̃_θ,ξ" and
+/// minimise "L^BYOL_θ,ξ = L_θ,ξ + L̃_θ,ξ" [BYOL, Grill et al. 2020,
+/// arXiv:2006.07733, §3.1]. The sum, not the mean of the two: with SGD or
+/// LARS a halved gradient halves its weight against weight decay (lightly
+/// lost ~11 points of ImageNet linear accuracy to that, lightly PR #1286).
+/// The target projections are detached here too, whatever the caller
+/// passes.
 ///
 /// # Shapes
 /// all four `[batch, dim]` → `[1]`
@@ -46,7 +50,7 @@ pub fn byol_loss<B: Backend>(
 ) -> Tensor<B, 1> {
     let l12 = regression_loss(p1, z2.detach());
     let l21 = regression_loss(p2, z1.detach());
-    (l12 + l21).mean().mul_scalar(0.5)
+    l12.mean() + l21.mean()
 }
 
 #[cfg(test)]
@@ -96,6 +100,27 @@ mod tests {
         let a = scalar(byol_loss(p1.clone(), p2.clone(), z1.clone(), z2.clone()));
         let b = scalar(byol_loss(p2, p1, z2, z1));
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+
+    #[test]
+    fn symmetric_loss_is_the_sum_of_the_two_directions() {
+        let (p1, p2, z1, z2) = (
+            rand(5, [8, 4]),
+            rand(6, [8, 4]),
+            rand(7, [8, 4]),
+            rand(8, [8, 4]),
+        );
+        let one = scalar(regression_loss(p1.clone(), z2.clone()).mean());
+        let other = scalar(regression_loss(p2.clone(), z1.clone()).mean());
+        let total = scalar(byol_loss(p1, p2, z1, z2));
+        assert!(
+            (total - (one + other)).abs() < 1e-5,
+            "{total} vs {one} + {other}"
+        );
+        // the paper's sum, not the mean of the two: opposite pairs give 8
+        let p = rand(9, [4, 8]);
+        let worst = scalar(byol_loss(p.clone(), p.clone(), p.clone().neg(), p.neg()));
+        assert!((worst - 8.0).abs() < 1e-4, "{worst}");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub struct OptimizerSettings {
     /// LARS: leave biases and normalisation parameters out of decay and
     /// adaptation.
     pub lars_exclude_bias_and_norm: bool,
-    /// LARS: cap the trust ratio at 1.
+    /// LARS: clip the trust ratio to min(ratio / lr, 1) (solo-learn).
     pub lars_clip: bool,
 }
 
