@@ -131,20 +131,26 @@ pub fn run(args: EvalArgs) -> Result<()> {
         report.data.display()
     );
     let knn = format!(
-        "kNN (k = {}, T = {})",
-        report.knn_config.k, report.knn_config.temperature
+        "kNN (k = {}, T = {}, bank {})",
+        report.knn_config.k, report.knn_config.temperature, report.knn_bank_images
     );
     println!(
         "  {knn:<32} top-1 {:6.2}%  top-5 {:6.2}%",
         100.0 * report.knn.top1,
         100.0 * report.knn.top5
     );
-    println!(
-        "  {:<32} top-1 {:6.2}%  top-5 {:6.2}%",
-        "  the same on raw pixels",
-        100.0 * report.knn_raw_pixels.top1,
-        100.0 * report.knn_raw_pixels.top5
-    );
+    match report.knn_raw_pixels {
+        Some(raw) => println!(
+            "  {:<32} top-1 {:6.2}%  top-5 {:6.2}%",
+            "  the same on raw pixels",
+            100.0 * raw.top1,
+            100.0 * raw.top5
+        ),
+        None => println!(
+            "  {:<32} n/a (images too large)",
+            "  the same on raw pixels"
+        ),
+    }
     let p = &report.probe_config;
     let name = format!("linear probe ({:?}, {} epochs)", p.optimizer, p.epochs).to_lowercase();
     println!(

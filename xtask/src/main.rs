@@ -236,7 +236,7 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
             |a| format!("{:6.2}%", 100.0 * a.top1),
         )
     };
-    if summary.knn_raw_pixels.is_some() {
+    if summary.knn_trained.is_some() {
         println!("kNN top-1 on the test split (k = {}):", config.eval.knn.k);
     } else if !config.eval.monitor {
         println!("kNN: off (eval.monitor = false)");

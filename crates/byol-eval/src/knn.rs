@@ -18,13 +18,24 @@ pub struct KnnConfig {
     pub k: usize,
     /// Temperature of the vote weights.
     pub temperature: f32,
+    /// At most this many training images in the memory bank: a seeded,
+    /// class-balanced subset ([`crate::balanced_subset`]) when the split
+    /// holds more, so that the bank's memory is bounded by
+    /// `bank_size × feature dim` whatever the size of the pretraining set.
+    pub bank_size: usize,
 }
+
+/// [`KnnConfig::bank_size`] by default: the whole training split of
+/// Fashion-MNIST (60,000), CIFAR (50,000) and STL-10 (5,000); 256 MiB of
+/// features at 1,024 dimensions.
+pub const DEFAULT_BANK_SIZE: usize = 65_536;
 
 impl Default for KnnConfig {
     fn default() -> Self {
         Self {
             k: 20,
             temperature: 0.1,
+            bank_size: DEFAULT_BANK_SIZE,
         }
     }
 }
@@ -41,6 +52,13 @@ impl KnnConfig {
                 key: format!("{prefix}.k"),
                 value: "0".into(),
                 expected: "at least 1".into(),
+            });
+        }
+        if self.bank_size == 0 {
+            return Err(EvalError::InvalidConfig {
+                key: format!("{prefix}.bank_size"),
+                value: "0".into(),
+                expected: "at least 1 training image".into(),
             });
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
@@ -185,6 +203,7 @@ mod tests {
             &KnnConfig {
                 k: 2,
                 temperature: 0.1,
+                ..KnnConfig::default()
             },
         )
         .expect("valid inputs");
@@ -205,6 +224,7 @@ mod tests {
             &KnnConfig {
                 k: 3,
                 temperature: 0.1,
+                ..KnnConfig::default()
             },
         )
         .expect("valid");
@@ -218,6 +238,7 @@ mod tests {
             &KnnConfig {
                 k: 3,
                 temperature: 1e6,
+                ..KnnConfig::default()
             },
         )
         .expect("valid");
@@ -246,6 +267,7 @@ mod tests {
             &KnnConfig {
                 k: 0,
                 temperature: 0.1,
+                ..KnnConfig::default()
             },
         )
         .expect_err("k = 0");

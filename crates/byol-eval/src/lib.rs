@@ -10,7 +10,7 @@
 //! let device = Default::default();
 //! let bank = burn::tensor::Tensor::<B, 2>::from_floats([[1.0, 0.0], [0.0, 1.0]], &device);
 //! let queries = burn::tensor::Tensor::<B, 2>::from_floats([[0.9, 0.1]], &device);
-//! let acc = knn_classify(bank, &[0, 1], queries, &[0], &KnnConfig { k: 1, temperature: 0.1 })?;
+//! let acc = knn_classify(bank, &[0, 1], queries, &[0], &KnnConfig { k: 1, ..KnnConfig::default() })?;
 //! assert_eq!(acc.top1, 1.0);
 //! # Ok::<(), byol_eval::EvalError>(())
 //! ```
@@ -78,8 +78,8 @@ pub use features::{
     extract_features, extract_features_unless, for_each_feature_batch, labels, pixel_features,
     sample_count,
 };
-pub use knn::{KnnAccuracy, KnnConfig, knn_classify};
-pub use monitor::{KnnData, KnnMonitorSettings, knn_eval};
+pub use knn::{DEFAULT_BANK_SIZE, KnnAccuracy, KnnConfig, knn_classify};
+pub use monitor::{KnnData, KnnMonitorSettings, RAW_PIXELS_MAX_VALUES, balanced_subset, knn_eval};
 pub use probe::{ProbeConfig, ProbeOptimizer, ProbeResult, linear_probe};
 
 /// Errors of evaluation.

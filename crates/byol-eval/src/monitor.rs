@@ -6,8 +6,10 @@
 use std::sync::Arc;
 
 use burn::prelude::*;
-use byol_data::Dataset;
+use byol_data::{Dataset, Subset};
 use byol_model::Encoder;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
 
 use crate::{
     EvalError, EvalTransform, KnnAccuracy, KnnConfig, extract_features_unless, knn_classify,
@@ -41,6 +43,78 @@ impl KnnData {
             queries,
         })
     }
+
+    /// The same monitor with at most `bank_size` bank images: all of them
+    /// when the bank holds no more, else the [`balanced_subset`] of
+    /// `seed`, so that evaluation memory is O(`bank_size` × feature dim)
+    /// whatever the size of the training split.
+    ///
+    /// # Errors
+    ///
+    /// None in practice: the subset's indices are in range by construction
+    /// ([`EvalError::Dataset`] otherwise).
+    pub fn limit_bank(self, bank_size: usize, seed: u64) -> Result<Self, EvalError> {
+        if self.bank.len() <= bank_size {
+            return Ok(self);
+        }
+        let keep = balanced_subset(&self.bank_labels, bank_size, seed);
+        let bank_labels = keep.iter().map(|&i| self.bank_labels[i]).collect();
+        let bank: Arc<dyn Dataset> = Arc::new(Subset::new(self.bank, keep)?);
+        Ok(Self {
+            bank,
+            bank_labels,
+            ..self
+        })
+    }
+
+    /// Whether the raw-pixel baseline is affordable for images of
+    /// `size`×`size`: at most [`RAW_PIXELS_MAX_VALUES`] values per image.
+    pub fn raw_pixels_fit(&self, size: usize) -> bool {
+        self.bank.channels() * size * size <= RAW_PIXELS_MAX_VALUES
+    }
+}
+
+/// The largest image, in values (channels × height × width), for which
+/// the monitor computes the raw-pixel baseline: 64×64×3. Larger images
+/// (224-px photos: 150,528 values, 588 KiB a bank image) would make the
+/// baseline the biggest thing in memory for a figure that means little at
+/// that size.
+pub const RAW_PIXELS_MAX_VALUES: usize = 64 * 64 * 3;
+
+/// Indices of at most `n` of the samples labelled `labels`, balanced
+/// across classes: each class's indices shuffled under `seed`, then taken
+/// in turn, one per class, until `n` are taken (a class that runs out
+/// leaves its turns to the others). Sorted, so that reading the subset
+/// walks the dataset forwards. All indices when `n >= labels.len()`.
+pub fn balanced_subset(labels: &[u32], n: usize, seed: u64) -> Vec<usize> {
+    if n >= labels.len() {
+        return (0..labels.len()).collect();
+    }
+    let classes = labels.iter().max().map_or(0, |&m| m as usize + 1);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &label) in labels.iter().enumerate() {
+        by_class[label as usize].push(i);
+    }
+    for (class, members) in by_class.iter_mut().enumerate() {
+        let mut rng =
+            rand_chacha::ChaCha8Rng::seed_from_u64(byol_augment::mix_seed(seed, class as u64, 7));
+        members.shuffle(&mut rng);
+    }
+    let mut keep = Vec::with_capacity(n);
+    let mut round = 0;
+    while keep.len() < n {
+        for members in &by_class {
+            if let Some(&i) = members.get(round) {
+                keep.push(i);
+                if keep.len() == n {
+                    break;
+                }
+            }
+        }
+        round += 1;
+    }
+    keep.sort_unstable();
+    keep
 }
 
 /// How the monitor extracts and compares features.
@@ -143,8 +217,66 @@ mod tests {
             knn: KnnConfig {
                 k: 3,
                 temperature: 0.1,
+                ..KnnConfig::default()
             },
         }
+    }
+
+    #[test]
+    fn a_balanced_subset_takes_each_class_in_turn_and_depends_on_the_seed() {
+        // 90 of class 0, 10 of class 1, 5 of class 2
+        let labels: Vec<u32> = (0..105)
+            .map(|i| {
+                if i < 90 {
+                    0
+                } else if i < 100 {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
+        let count = |keep: &[usize], c: u32| keep.iter().filter(|&&i| labels[i] == c).count();
+        let keep = balanced_subset(&labels, 30, 3);
+        assert_eq!(keep.len(), 30);
+        assert!(keep.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+        // class 2 runs out after 5 turns, class 1 after 10: 15 from class 0
+        assert_eq!(
+            [count(&keep, 0), count(&keep, 1), count(&keep, 2)],
+            [15, 10, 5]
+        );
+        let small = balanced_subset(&labels, 9, 3);
+        assert_eq!(
+            [count(&small, 0), count(&small, 1), count(&small, 2)],
+            [3, 3, 3]
+        );
+        assert_eq!(balanced_subset(&labels, 30, 3), keep, "seeded");
+        assert_ne!(
+            balanced_subset(&labels, 30, 4),
+            keep,
+            "another seed, another subset"
+        );
+        assert_eq!(
+            balanced_subset(&labels, 500, 3),
+            (0..105).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_limited_bank_keeps_labels_in_step_with_images() {
+        let data = KnnData::new(halves(20), halves(10)).expect("labelled");
+        let limited = data.limit_bank(6, 1).expect("in range");
+        assert_eq!(limited.bank.len(), 6);
+        assert_eq!(limited.queries.len(), 10, "queries untouched");
+        for i in 0..6 {
+            assert_eq!(limited.bank.label(i), Some(limited.bank_labels[i]));
+        }
+        assert_eq!(limited.bank_labels.iter().filter(|&&l| l == 0).count(), 3);
+        let all = KnnData::new(halves(20), halves(10))
+            .expect("labelled")
+            .limit_bank(20, 1)
+            .expect("all");
+        assert_eq!(all.bank.len(), 20);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use burn::tensor::backend::AutodiffBackend;
 use byol_data::{Dataset, Split};
 use byol_eval::{
     EmbeddingWriter, EvalError, KnnAccuracy, KnnConfig, KnnData, ProbeConfig, ProbeResult,
-    extract_features, for_each_feature_batch, knn_classify, knn_eval, linear_probe,
+    balanced_subset, extract_features, for_each_feature_batch, knn_classify, knn_eval,
+    linear_probe,
 };
 use byol_model::{Encoder, ResNet};
 use serde::Serialize;
@@ -44,8 +45,12 @@ pub struct EvalReport {
     /// Its settings.
     pub knn_config: KnnConfig,
     /// The same kNN on raw pixels in [0, 1]: the floor the encoder has to
-    /// beat, at the same `k` and temperature.
-    pub knn_raw_pixels: KnnAccuracy,
+    /// beat, at the same `k`, temperature and bank; `None` for images over
+    /// [`byol_eval::RAW_PIXELS_MAX_VALUES`] values.
+    pub knn_raw_pixels: Option<KnnAccuracy>,
+    /// Training images in the kNN bank (at most `eval.knn.bank_size`;
+    /// the linear probe trains on all `train_images`).
+    pub knn_bank_images: usize,
     /// Linear probe on the test split.
     pub probe: ProbeResult,
     /// Its settings.
@@ -112,39 +117,12 @@ pub fn evaluate<B: AutodiffBackend>(
     check_fits(config, encoder, &*train)?;
     check_fits(config, encoder, &*test)?;
     let split = KnnData::new(train, test)?;
-    let (train_labels, test_labels) = (&split.bank_labels, &split.query_labels);
+    let (train_labels, test_labels) = (split.bank_labels.clone(), split.query_labels.clone());
     let show = options.progress;
     let train_f = features(encoder, &*split.bank, config, device, "train", show)?;
     let test_f = features(encoder, &*split.queries, config, device, "test", show)?;
-    let knn = knn_classify(
-        train_f.clone(),
-        train_labels,
-        test_f.clone(),
-        test_labels,
-        &config.eval.knn,
-    )?;
-    tracing::info!(
-        "kNN (k = {}): top-1 {:.2}%  top-5 {:.2}%",
-        config.eval.knn.k,
-        100.0 * knn.top1,
-        100.0 * knn.top5
-    );
-    // the pretraining monitor's baseline; `None` only for a stop, never
-    // requested here
-    let knn_raw_pixels = knn_eval::<B::InnerBackend, ResNet<B::InnerBackend>>(
-        None,
-        &split,
-        &config.knn_monitor(),
-        device,
-        &|| false,
-    )?
-    .ok_or(EvalError::Stopped)?;
-    tracing::info!(
-        "kNN of raw pixels (k = {}): top-1 {:.2}%  top-5 {:.2}%",
-        config.eval.knn.k,
-        100.0 * knn_raw_pixels.top1,
-        100.0 * knn_raw_pixels.top5
-    );
+    let (knn, knn_raw_pixels, bank_images) =
+        knn_on_bank(&train_f, test_f.clone(), split, config, device)?;
     let p = &config.eval.probe;
     let pb = bar(
         show,
@@ -153,9 +131,9 @@ pub fn evaluate<B: AutodiffBackend>(
     );
     let probe = linear_probe::<B>(
         train_f,
-        train_labels,
+        &train_labels,
         test_f,
-        test_labels,
+        &test_labels,
         p,
         config.seed,
         &|done, _| pb.set_position(done as u64),
@@ -174,8 +152,9 @@ pub fn evaluate<B: AutodiffBackend>(
         weights: None,
         step: None,
         data: config.data.path.clone(),
-        train_images: split.bank.len(),
-        test_images: split.queries.len(),
+        train_images: train_labels.len(),
+        knn_bank_images: bank_images,
+        test_images: test_labels.len(),
         feature_dim: encoder.output_dim(),
         knn,
         knn_config: config.eval.knn.clone(),
@@ -184,6 +163,54 @@ pub fn evaluate<B: AutodiffBackend>(
         probe_config: p.clone(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The kNN of `train_f` (the features of `split.bank`, in order) on at
+/// most `eval.knn.bank_size` of its rows, and the raw-pixel floor on the
+/// same bank when the images are small enough; also the bank's size.
+fn knn_on_bank<B: Backend>(
+    train_f: &Tensor<B, 2>,
+    test_f: Tensor<B, 2>,
+    split: KnnData,
+    config: &RunConfig,
+    device: &B::Device,
+) -> Result<(KnnAccuracy, Option<KnnAccuracy>, usize), TrainError> {
+    let keep = balanced_subset(&split.bank_labels, config.eval.knn.bank_size, config.seed);
+    let split = split.limit_bank(config.eval.knn.bank_size, config.seed)?;
+    let bank_f = if keep.len() < train_f.dims()[0] {
+        let rows: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
+        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [keep.len()]), device);
+        train_f.clone().select(0, rows)
+    } else {
+        train_f.clone()
+    };
+    let k = config.eval.knn.k;
+    let knn = knn_classify(
+        bank_f,
+        &split.bank_labels,
+        test_f,
+        &split.query_labels,
+        &config.eval.knn,
+    )?;
+    tracing::info!(
+        "kNN (k = {k}, bank {}): top-1 {:.2}%  top-5 {:.2}%",
+        split.bank.len(),
+        100.0 * knn.top1,
+        100.0 * knn.top5
+    );
+    if !split.raw_pixels_fit(config.augment.size) {
+        tracing::info!("no raw-pixel kNN baseline: images over byol_eval::RAW_PIXELS_MAX_VALUES");
+        return Ok((knn, None, split.bank.len()));
+    }
+    // `None` only for a stop, never requested here
+    let raw = knn_eval::<B, ResNet<B>>(None, &split, &config.knn_monitor(), device, &|| false)?
+        .ok_or(EvalError::Stopped)?;
+    tracing::info!(
+        "kNN of raw pixels (k = {k}): top-1 {:.2}%  top-5 {:.2}%",
+        100.0 * raw.top1,
+        100.0 * raw.top5
+    );
+    Ok((knn, Some(raw), split.bank.len()))
 }
 
 /// Name of the file [`evaluate_run`] writes for `network`.

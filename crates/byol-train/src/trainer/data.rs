@@ -58,7 +58,7 @@ pub(crate) fn open_data(config: &RunConfig, show: bool) -> Result<RunData, Train
     scan.finish_and_clear();
     let knn = match (bank, queries) {
         (Some(bank), Some(queries)) => match KnnData::new(bank, queries) {
-            Ok(knn) => Some(knn),
+            Ok(knn) => Some(limit_bank(knn, config)?),
             Err(e) => {
                 tracing::info!("no kNN monitor: {e}");
                 None
@@ -70,6 +70,20 @@ pub(crate) fn open_data(config: &RunConfig, show: bool) -> Result<RunData, Train
         }
     };
     Ok(RunData { train, knn })
+}
+
+/// `knn` with at most `eval.knn.bank_size` bank images, saying so when
+/// that leaves some out.
+fn limit_bank(knn: KnnData, config: &RunConfig) -> Result<KnnData, TrainError> {
+    let (all, size) = (knn.bank.len(), config.eval.knn.bank_size);
+    let knn = knn.limit_bank(size, config.seed)?;
+    if knn.bank.len() < all {
+        tracing::info!(
+            "kNN bank: {} of {all} training images, class-balanced (eval.knn.bank_size = {size})",
+            knn.bank.len()
+        );
+    }
+    Ok(knn)
 }
 
 /// A split that may not exist: `None` when the dataset has no such split.
