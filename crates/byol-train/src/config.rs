@@ -47,8 +47,11 @@ pub struct RunIdentity {
     pub model: ModelConfig,
     /// `[augment]`: the views.
     pub augment: AugmentConfig,
-    /// `train.batch_size`: which images form each step.
+    /// `train.batch_size`: which images form each micro-batch.
     pub batch_size: usize,
+    /// `train.accumulate`: micro-batches per step, so which images form
+    /// each step.
+    pub accumulate: usize,
     /// `train.use_momentum`: whether a target network exists.
     pub use_momentum: bool,
 }
@@ -103,6 +106,7 @@ impl RunIdentity {
             model: config.model.clone(),
             augment: config.augment.clone(),
             batch_size: config.train.batch_size,
+            accumulate: config.train.accumulate,
             use_momentum: config.train.use_momentum,
         }
     }
@@ -131,8 +135,8 @@ impl RunIdentity {
             .collect()
     }
 
-    /// As JSON under the config's own key names (`batch_size` and
-    /// `use_momentum` under `train`).
+    /// As JSON under the config's own key names (`batch_size`,
+    /// `accumulate` and `use_momentum` under `train`).
     fn as_json(&self) -> serde_json::Value {
         serde_json::json!({
             "seed": self.seed,
@@ -141,6 +145,7 @@ impl RunIdentity {
             "augment": self.augment,
             "train": {
                 "batch_size": self.batch_size,
+                "accumulate": self.accumulate,
                 "use_momentum": self.use_momentum,
             },
         })
@@ -330,9 +335,16 @@ pub enum LrScale {
 pub struct TrainConfig {
     /// Passes over the training set.
     pub epochs: usize,
-    /// Images per step (each gives two views). Incomplete last batches are
-    /// dropped.
+    /// Images per forward and backward pass (each gives two views); a step
+    /// takes `accumulate` of them. Incomplete last batches are dropped.
     pub batch_size: usize,
+    /// Gradient accumulation: micro-batches of `batch_size` whose
+    /// gradients are summed (each loss divided by `accumulate`) before one
+    /// optimizer step and one target update, so a step sees an effective
+    /// batch of `batch_size × accumulate` images, and `lr_scale` uses that.
+    /// BatchNorm normalises each micro-batch with its own statistics, as
+    /// with `accumulate` devices that do not synchronise them.
+    pub accumulate: usize,
     /// Optimizer.
     pub optimizer: OptimizerKind,
     /// Base learning rate (before `lr_scale`).
@@ -356,7 +368,8 @@ pub struct TrainConfig {
     pub lars_eta: f64,
     /// LARS: biases and normalisation parameters skip decay and adaptation.
     pub lars_exclude_bias_and_norm: bool,
-    /// LARS: cap the trust ratio at 1 (solo-learn's `clip_lr`).
+    /// LARS: clip the trust ratio to min(ratio / lr, 1), so no tensor's
+    /// rate exceeds the global rate (solo-learn's `clip_lr`).
     pub lars_clip: bool,
     /// Clip gradients to this global L2 norm (0 = off).
     pub grad_clip_norm: f64,
@@ -389,6 +402,7 @@ impl Default for TrainConfig {
         Self {
             epochs: 10,
             batch_size: 128,
+            accumulate: 1,
             optimizer: OptimizerKind::Adam,
             lr: 1e-3,
             lr_scale: LrScale::None,
@@ -420,8 +434,13 @@ impl TrainConfig {
     pub fn base_lr(&self) -> f64 {
         match self.lr_scale {
             LrScale::None => self.lr,
-            LrScale::Linear => self.lr * self.batch_size as f64 / 256.0,
+            LrScale::Linear => self.lr * self.effective_batch() as f64 / 256.0,
         }
+    }
+
+    /// Images per optimizer step: `batch_size × accumulate`.
+    pub fn effective_batch(&self) -> usize {
+        self.batch_size.saturating_mul(self.accumulate)
     }
 
     /// Checks the `[train]` values against their ranges.
@@ -508,6 +527,13 @@ impl TrainConfig {
         }
         if t.log_every == 0 {
             return Err(invalid("train.log_every", 0, "at least 1"));
+        }
+        if t.accumulate == 0 {
+            return Err(invalid(
+                "train.accumulate",
+                0,
+                "at least 1 micro-batch per step",
+            ));
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use byol_model::{Byol, Encoder, ForwardOptions};
@@ -60,6 +60,10 @@ pub struct StepSettings {
     pub grad_clip_norm: f64,
     /// How the views go through the networks.
     pub forward: ForwardOptions,
+    /// Micro-batches the views are cut into, each forward and backward on
+    /// its own, their gradients summed before the optimizer step
+    /// (`train.accumulate`; 1 = the whole batch at once).
+    pub accumulate: usize,
 }
 
 impl StepSettings {
@@ -71,6 +75,7 @@ impl StepSettings {
             tau,
             grad_clip_norm: 0.0,
             forward: ForwardOptions::default(),
+            accumulate: 1,
         }
     }
 }
@@ -90,6 +95,18 @@ pub struct StepOutput<B: Backend> {
 /// optional global-norm clip, an optimizer step per parameter group, then
 /// the target update ξ ← τξ + (1 − τ)θ
 /// [BYOL, Grill et al. 2020, arXiv:2006.07733, §3.1].
+///
+/// With `settings.accumulate = k > 1` the views are cut into k
+/// micro-batches; each runs forward and backward alone with its loss
+/// divided by k, and the summed gradients make the one optimizer step: the
+/// gradient of the mean loss over the whole batch, with BatchNorm
+/// statistics per micro-batch. The output's loss is the mean of the
+/// micro-batches' and its monitors cover the whole batch.
+///
+/// # Panics
+///
+/// When the batch does not divide into `settings.accumulate` equal
+/// micro-batches (the loop's batches always do).
 pub fn byol_step<B: AutodiffBackend, E: Encoder<B> + AutodiffModule<B>>(
     model: Byol<B, E>,
     optimizers: &mut Optimizers<Byol<B, E>, B>,
@@ -100,9 +117,11 @@ pub fn byol_step<B: AutodiffBackend, E: Encoder<B> + AutodiffModule<B>>(
 where
     Byol<B, E>: AutodiffModule<B>,
 {
-    let out = model.forward_with(view1, view2, settings.forward);
-    let loss = byol_loss(out.p1, out.p2, out.z1, out.z2);
-    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    let (mut grads, output) = if settings.accumulate > 1 {
+        accumulated_gradients(&model, view1, view2, settings)
+    } else {
+        gradients(&model, view1, view2, settings.forward, 1)
+    };
     if settings.grad_clip_norm > 0.0 {
         clip_global_norm::<B, _>(&mut grads, &model.online, settings.grad_clip_norm);
     }
@@ -111,12 +130,70 @@ where
     let model = optimizers
         .predictor
         .step(settings.predictor_lr, model, predictor_grads);
+    (model.update_target(settings.tau), output)
+}
+
+/// Forward and backward of one (micro-)batch, the loss divided by `parts`
+/// before backward; the output's loss is the undivided one.
+fn gradients<B: AutodiffBackend, E: Encoder<B> + AutodiffModule<B>>(
+    model: &Byol<B, E>,
+    view1: Tensor<B, 4>,
+    view2: Tensor<B, 4>,
+    forward: ForwardOptions,
+    parts: usize,
+) -> (GradientsParams, StepOutput<B::InnerBackend>)
+where
+    Byol<B, E>: AutodiffModule<B>,
+{
+    let out = model.forward_with(view1, view2, forward);
+    let loss = byol_loss(out.p1, out.p2, out.z1, out.z2);
+    let scaled = if parts > 1 {
+        loss.clone().div_scalar(parts as f64)
+    } else {
+        loss.clone()
+    };
+    let grads = GradientsParams::from_grads(scaled.backward(), model);
     let output = StepOutput {
         loss: loss.inner(),
         representations: out.y1.inner(),
         projections: out.h1.inner(),
     };
-    (model.update_target(settings.tau), output)
+    (grads, output)
+}
+
+/// [`gradients`] of each of `settings.accumulate` micro-batches, summed.
+fn accumulated_gradients<B: AutodiffBackend, E: Encoder<B> + AutodiffModule<B>>(
+    model: &Byol<B, E>,
+    view1: Tensor<B, 4>,
+    view2: Tensor<B, 4>,
+    settings: &StepSettings,
+) -> (GradientsParams, StepOutput<B::InnerBackend>)
+where
+    Byol<B, E>: AutodiffModule<B>,
+{
+    let parts = settings.accumulate;
+    let n = view1.dims()[0];
+    assert!(
+        n.is_multiple_of(parts) && n >= parts,
+        "a batch of {n} does not cut into {parts} equal micro-batches"
+    );
+    let micro = n / parts;
+    let mut sum = GradientsAccumulator::<Byol<B, E>>::new();
+    let (mut losses, mut reps, mut projs) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..parts {
+        let cut = |v: &Tensor<B, 4>| v.clone().narrow(0, i * micro, micro);
+        let (grads, out) = gradients(model, cut(&view1), cut(&view2), settings.forward, parts);
+        sum.accumulate(model, grads);
+        losses.push(out.loss);
+        reps.push(out.representations);
+        projs.push(out.projections);
+    }
+    let output = StepOutput {
+        loss: Tensor::cat(losses, 0).mean(),
+        representations: Tensor::cat(reps, 0),
+        projections: Tensor::cat(projs, 0),
+    };
+    (sum.grads(), output)
 }
 
 #[cfg(test)]
@@ -186,7 +263,7 @@ mod tests {
         let (model, out) = byol_step(model, &mut optim, x1, x2, &StepSettings::simple(1e-2, 0.5));
         let loss: f32 = out.loss.into_scalar().elem();
         assert!(
-            loss.is_finite() && (0.0..=4.0).contains(&loss),
+            loss.is_finite() && (0.0..=8.0).contains(&loss),
             "loss {loss}"
         );
         let target1 = model.target.as_ref().expect("target");
@@ -238,5 +315,105 @@ mod tests {
         let (model, _) = byol_step(model, &mut optim, x.clone(), x, &step);
         assert_ne!(pred0, predictor(&model));
         assert_eq!(enc0, weights(&model.online.encoder));
+    }
+
+    /// A seeded pair: GroupNorm + WS encoder and heads without BatchNorm
+    /// (`batch_norm = false`), or BatchNorm everywhere.
+    fn seeded_byol(batch_norm: bool) -> Byol<Autodiff<Flex>, ResNet<Autodiff<Flex>>> {
+        let cfg = ResNetConfig {
+            norm: if batch_norm {
+                byol_model::NormKind::Batch
+            } else {
+                byol_model::NormKind::GroupWs
+            },
+            norm_groups: 8,
+            ..ResNetConfig::small()
+        };
+        let heads = HeadsConfig {
+            batch_norm,
+            ..HeadsConfig::new(32, 16, 32)
+        };
+        Byol::seeded(11, &Default::default(), &heads, true, |d| cfg.init(d))
+    }
+
+    /// The loss of each of `steps` SGD steps over the same batch of 8, cut
+    /// into `accumulate` micro-batches, and the weights after them (online
+    /// encoder, predictor, target encoder).
+    fn run_accumulated(batch_norm: bool, accumulate: usize, steps: usize) -> (Vec<f32>, Vec<f32>) {
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        let mut model = seeded_byol(batch_norm);
+        let mut optim = Optimizers::new(&OptimizerSettings {
+            kind: OptimizerKind::Sgd,
+            ..settings()
+        });
+        A::seed(&device, 5);
+        let x1 = Tensor::<A, 4>::random([8, 1, 16, 16], Distribution::Default, &device);
+        let x2 = Tensor::<A, 4>::random([8, 1, 16, 16], Distribution::Default, &device);
+        let step = StepSettings {
+            accumulate,
+            ..StepSettings::simple(0.05, 0.9)
+        };
+        let mut losses = Vec::new();
+        for _ in 0..steps {
+            let (next, out) = byol_step(model, &mut optim, x1.clone(), x2.clone(), &step);
+            model = next;
+            losses.push(out.loss.into_scalar().elem::<f32>());
+        }
+        let mut w = weights(&model.online.encoder);
+        w.extend(
+            model
+                .online
+                .predictor
+                .linear1
+                .weight
+                .val()
+                .into_data()
+                .to_vec::<f32>()
+                .expect("f32"),
+        );
+        w.extend(weights(&model.target.as_ref().expect("target").encoder));
+        (losses, w)
+    }
+
+    fn max_relative_gap(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / (1e-3 + x.abs().max(y.abs())))
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn accumulated_micro_batches_equal_the_whole_batch_without_batchnorm() {
+        let (loss1, w1) = run_accumulated(false, 1, 3);
+        for parts in [2, 4] {
+            let (loss, w) = run_accumulated(false, parts, 3);
+            assert!(
+                max_relative_gap(&loss1, &loss) < 1e-5,
+                "{parts}: {loss1:?} vs {loss:?}"
+            );
+            let gap = max_relative_gap(&w1, &w);
+            assert!(gap < 1e-4, "{parts} micro-batches: weights differ by {gap}");
+        }
+        // and the steps did move the weights
+        let (_, w0) = run_accumulated(false, 1, 0);
+        assert!(max_relative_gap(&w0, &w1) > 1e-3);
+    }
+
+    #[test]
+    fn with_batchnorm_each_micro_batch_has_its_own_statistics() {
+        let (loss1, w1) = run_accumulated(true, 1, 1);
+        let (loss2, w2) = run_accumulated(true, 2, 1);
+        assert!(
+            max_relative_gap(&loss1, &loss2) > 1e-4 || max_relative_gap(&w1, &w2) > 1e-4,
+            "BatchNorm over 4 images should differ from over 8"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "does not cut into 3 equal micro-batches")]
+    fn a_batch_that_does_not_divide_is_refused() {
+        run_accumulated(false, 3, 1);
     }
 }

@@ -49,12 +49,21 @@ impl RunLength {
     /// [`TrainError::Dataset`] when the set is smaller than one batch.
     pub(crate) fn new(config: &RunConfig, train_images: usize) -> Result<Self, TrainError> {
         let t = &config.train;
-        let steps_per_epoch = train_images / t.batch_size;
+        let steps_per_epoch = train_images / t.effective_batch();
         if steps_per_epoch == 0 {
+            let batch = if t.accumulate > 1 {
+                format!(
+                    "train.batch_size × train.accumulate = {} × {} = {}",
+                    t.batch_size,
+                    t.accumulate,
+                    t.effective_batch()
+                )
+            } else {
+                format!("train.batch_size = {}", t.batch_size)
+            };
             return Err(TrainError::Dataset(format!(
-                "{}: {train_images} training images, fewer than train.batch_size = {}",
+                "{}: {train_images} training images, fewer than {batch}",
                 config.data.path.display(),
-                t.batch_size
             )));
         }
         let mut total_steps = steps_per_epoch * t.epochs;
@@ -88,6 +97,7 @@ impl RunLength {
             forward: ForwardOptions {
                 concat_views: t.concat_views,
             },
+            accumulate: t.accumulate,
         }
     }
 
@@ -100,7 +110,7 @@ impl RunLength {
     pub(crate) fn plan(&self, config: &RunConfig, start_step: usize) -> Plan {
         Plan {
             seed: config.seed,
-            batch_size: config.train.batch_size,
+            batch_size: config.train.effective_batch(),
             steps_per_epoch: self.steps_per_epoch,
             total_steps: self.total_steps,
             start_step,
@@ -283,10 +293,18 @@ where
     /// first step. A stop requested here skips them; the loop then stops
     /// after its first step.
     fn measure_baselines(&mut self) -> Result<(), TrainError> {
-        if self.data.knn.is_none() {
+        let Some(knn) = &self.data.knn else {
             return Ok(());
-        }
-        if let Some(raw) = self.knn_of(None)? {
+        };
+        let size = self.config.augment.size;
+        if !knn.raw_pixels_fit(size) {
+            tracing::info!(
+                "no raw-pixel kNN baseline: {}×{size}×{size} images exceed {} values \
+                 (byol_eval::RAW_PIXELS_MAX_VALUES)",
+                knn.bank.channels(),
+                byol_eval::RAW_PIXELS_MAX_VALUES
+            );
+        } else if let Some(raw) = self.knn_of(None)? {
             self.log_knn("raw_pixels", 0, raw)?;
             self.state.knn_raw_pixels = Some(raw);
         }
@@ -738,6 +756,30 @@ mod tests {
     fn a_set_smaller_than_a_batch_is_refused_naming_the_key() {
         let err = RunLength::new(&config(1, 0, 0.0), 99).expect_err("too small");
         assert!(err.to_string().contains("train.batch_size = 100"), "{err}");
+    }
+
+    #[test]
+    fn accumulation_counts_steps_of_the_effective_batch_and_scales_its_rate() {
+        let mut c = config(2, 0, 0.0);
+        c.train.accumulate = 4;
+        c.train.lr_scale = crate::LrScale::Linear;
+        let l = RunLength::new(&c, 1_000).expect("fits");
+        // 1,000 images in steps of 100 × 4: 2 steps an epoch
+        assert_eq!((l.steps_per_epoch, l.total_steps), (2, 4));
+        assert_eq!(
+            l.plan(&c, 0).batch_size,
+            400,
+            "the loader draws whole steps"
+        );
+        let s = l.step_settings(&c, 0);
+        assert_eq!(s.accumulate, 4);
+        assert_eq!(c.train.base_lr(), c.train.lr * 400.0 / 256.0);
+        let err = RunLength::new(&c, 399).expect_err("less than one step");
+        assert!(
+            err.to_string()
+                .contains("train.batch_size × train.accumulate = 100 × 4 = 400"),
+            "{err}"
+        );
     }
 
     #[test]
