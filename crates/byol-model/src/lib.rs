@@ -27,6 +27,7 @@ mod block;
 mod byol;
 pub mod fast_conv;
 mod fast_norm;
+mod footprint;
 mod head;
 pub mod kernels;
 mod norm;
@@ -36,6 +37,7 @@ pub mod torchvision;
 
 pub use block::{BasicBlock, Block, Bottleneck, Downsample, NormSpec};
 pub use byol::{Byol, ByolOutput, ForwardOptions, HeadsConfig, OnlineNetwork, TargetNetwork};
+pub use footprint::{EncoderFootprint, HeadFootprint, HeadsFootprint};
 pub use head::{MlpHead, MlpHeadConfig};
 pub use norm::{Identity, Norm, NormKind, batch_norm, conv_forward, group_norm};
 pub use resnet::{BlockKind, ResNet, ResNetConfig, Stage, Stem};
