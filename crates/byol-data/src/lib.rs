@@ -46,7 +46,7 @@ mod stl10;
 pub use cifar::{Cifar100Labels, CifarDataset, CifarKind, parse_cifar};
 pub use combine::{Concat, Subset};
 pub use error::{BadFile, DataError};
-pub use folder::{FolderDataset, IMAGE_EXTENSIONS};
+pub use folder::{FolderDataset, FolderListing, IMAGE_EXTENSIONS};
 pub use idx::{IdxDataset, parse_idx_images, parse_idx_labels, read_idx_images, read_idx_labels};
 pub use open::{Format, OnCorrupt, OpenOptions, detect, open};
 pub use stl10::{Stl10Dataset, parse_stl10};

@@ -421,3 +421,31 @@ fn progress_reports_the_total_when_the_prescan_ends() {
     assert_eq!(ds.len(), 5);
     assert_eq!(calls.into_inner().expect("not poisoned"), [(5, 5)]);
 }
+
+#[test]
+fn a_listing_counts_the_files_open_would_check_without_reading_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let img = random_rgb(&mut rng, 2, 2);
+    for rel in ["train/ant/1.png", "train/bee/2.png", "val/bee/3.png"] {
+        save(root, rel, &img);
+    }
+    // a file with an image's name but not its bytes: counted by the
+    // listing, found bad by the header pre-scan of `open`
+    write(root, "train/bee/fake.jpg", b"text");
+    write(root, "train/bee/notes.txt", b"ignored");
+    let train = FolderDataset::list(root, Split::Train).expect("train/");
+    assert_eq!((train.images, train.classes), (3, 2));
+    let val = FolderDataset::list(root, Split::Test).expect("val/");
+    assert_eq!((val.images, val.classes), (1, 2));
+    let opened = FolderDataset::open(root, Split::Train, &skip()).expect("skipping");
+    assert_eq!((opened.len(), opened.skipped_count()), (2, 1));
+
+    let flat = tempfile::tempdir().expect("tempdir");
+    save(flat.path(), "a.png", &img);
+    let listed = FolderDataset::list(flat.path(), Split::Train).expect("flat");
+    assert_eq!((listed.images, listed.classes), (1, 0));
+    let err = FolderDataset::list(flat.path(), Split::Test).expect_err("no test split");
+    assert!(matches!(err, DataError::NoSplit { .. }), "{err:?}");
+}
