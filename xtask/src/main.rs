@@ -246,6 +246,13 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
     println!("  raw pixels           {}", pct(summary.knn_raw_pixels));
     println!("  random-init encoder  {}", pct(summary.knn_random_init));
     println!("  BYOL encoder         {}", pct(summary.knn_trained));
+    if let (Some(top1), Some(top5)) = (summary.online_linear_top1, summary.online_linear_top5) {
+        println!(
+            "online linear classifier on the test split: top-1 {:.2}%  top-5 {:.2}%",
+            100.0 * top1,
+            100.0 * top5
+        );
+    }
     if summary.skipped_images > 0 {
         println!("{} unreadable images skipped", summary.skipped_images);
     }

@@ -80,7 +80,7 @@ pub use features::{
 };
 pub use knn::{DEFAULT_BANK_SIZE, KnnAccuracy, KnnConfig, knn_classify};
 pub use monitor::{KnnData, KnnMonitorSettings, RAW_PIXELS_MAX_VALUES, balanced_subset, knn_eval};
-pub use probe::{ProbeConfig, ProbeOptimizer, ProbeResult, linear_probe};
+pub use probe::{ProbeConfig, ProbeOptimizer, ProbeResult, linear_probe, logit_accuracy};
 
 /// Errors of evaluation.
 #[derive(Debug, thiserror::Error)]

@@ -144,7 +144,14 @@ fn labels_tensor<B: Backend>(labels: &[u32], device: &B::Device) -> Tensor<B, 1,
 
 /// Top-1 and top-k (k = min(5, classes)) accuracy of `logits` against
 /// `labels`; ties count against the right class.
-fn accuracy<B: Backend>(logits: Tensor<B, 2>, labels: &[u32]) -> Result<(f64, f64), EvalError> {
+///
+/// # Errors
+///
+/// [`EvalError::Data`] when the logits cannot be read back.
+pub fn logit_accuracy<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: &[u32],
+) -> Result<(f64, f64), EvalError> {
     let [n, classes] = logits.dims();
     if n == 0 {
         return Ok((0.0, 0.0));
@@ -243,8 +250,8 @@ pub fn linear_probe<B: AutodiffBackend>(
             "the linear probe diverged (training loss {train_loss}); lower eval.probe.lr"
         )));
     }
-    let (train_top1, _) = accuracy(train_logits, train_labels)?;
-    let (top1, top5) = accuracy(model.forward(test), test_labels)?;
+    let (train_top1, _) = logit_accuracy(train_logits, train_labels)?;
+    let (top1, top5) = logit_accuracy(model.forward(test), test_labels)?;
     Ok(ProbeResult {
         top1,
         top5,
@@ -431,7 +438,7 @@ mod tests {
         );
         // row 0 right; row 1 tied (wrong at top-1, in the top 5); row 2:
         // class 0 is last of 7
-        let (top1, top5) = accuracy(logits, &[0, 0, 0]).expect("valid");
+        let (top1, top5) = logit_accuracy(logits, &[0, 0, 0]).expect("valid");
         assert!((top1 - 1.0 / 3.0).abs() < 1e-12, "{top1}");
         assert!((top5 - 2.0 / 3.0).abs() < 1e-12, "{top5}");
     }

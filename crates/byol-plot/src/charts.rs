@@ -501,10 +501,31 @@ fn knn_chart(metrics: &Metrics, with_top5: bool) -> Option<Chart> {
     if series[0].points.is_empty() {
         return None;
     }
-    let (title, y) = if with_top5 {
-        ("kNN accuracy on the test split", "accuracy")
-    } else {
-        ("kNN top-1 on the test split", "top-1 accuracy")
+    let online = !metrics.online_linear.is_empty();
+    if online {
+        series.push(
+            Series::line(
+                "online linear classifier, top-1",
+                metrics
+                    .online_linear
+                    .iter()
+                    .map(|k| (k.epoch as f64, 100.0 * k.top1)),
+                GREEN,
+            )
+            .dotted(),
+        );
+    }
+    let (title, y) = match (with_top5, online) {
+        (true, false) => ("kNN accuracy on the test split", "accuracy"),
+        (false, false) => ("kNN top-1 on the test split", "top-1 accuracy"),
+        (true, true) => (
+            "kNN and online linear accuracy on the test split",
+            "accuracy",
+        ),
+        (false, true) => (
+            "kNN and online linear top-1 on the test split",
+            "top-1 accuracy",
+        ),
     };
     Chart::new(
         title,
@@ -618,6 +639,9 @@ fn dashboard_title(metrics: &Metrics) -> String {
         if let Some(raw) = metrics.baseline_top1("raw_pixels") {
             title += &format!(" (raw pixels {:.2}%)", 100.0 * raw);
         }
+    }
+    if let Some(o) = metrics.online_linear.last().filter(|o| o.top1.is_finite()) {
+        title += &format!(", online linear {:.2}%", 100.0 * o.top1);
     }
     title
 }

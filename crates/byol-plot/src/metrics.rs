@@ -69,6 +69,9 @@ pub struct Metrics {
     pub epochs: Vec<EpochPoint>,
     /// `{"kind":"knn",...}` records.
     pub knn: Vec<KnnPoint>,
+    /// `{"kind":"online_linear",...}` records, as points of model
+    /// `online_linear`.
+    pub online_linear: Vec<KnnPoint>,
     /// Lines that are not records (torn by a crash, an unknown kind).
     pub skipped: Vec<SkippedLine>,
 }
@@ -105,6 +108,14 @@ impl Metrics {
                 ..
             } => self.knn.push(KnnPoint {
                 model,
+                epoch,
+                top1,
+                top5,
+            }),
+            Record::OnlineLinear {
+                epoch, top1, top5, ..
+            } => self.online_linear.push(KnnPoint {
+                model: "online_linear".into(),
                 epoch,
                 top1,
                 top5,
@@ -237,6 +248,14 @@ mod tests {
             data_wait_fraction: 0.0,
         })
         .expect("written");
+        log.write(&Record::OnlineLinear {
+            epoch: 1,
+            step: 10,
+            train_loss: 2.1,
+            top1: 0.42,
+            top5: 0.9,
+        })
+        .expect("written");
         drop(log);
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(
@@ -266,6 +285,11 @@ mod tests {
         );
         assert_eq!(m.baseline_top1("raw_pixels"), Some(0.769));
         assert_eq!(m.steps_per_epoch(), Some(10));
+        assert_eq!(m.online_linear.len(), 1);
+        assert_eq!(
+            (m.online_linear[0].epoch, m.online_linear[0].top1),
+            (1, 0.42)
+        );
     }
 
     #[test]

@@ -66,6 +66,19 @@ pub struct TrainState {
     pub knn_random_init: Option<KnnAccuracy>,
     /// The latest kNN of the trained encoder.
     pub knn_trained: Option<KnnAccuracy>,
+    /// The latest test top-1 of the online linear classifier.
+    #[serde(default)]
+    pub online_linear_top1: Option<f64>,
+    /// Its top-5.
+    #[serde(default)]
+    pub online_linear_top5: Option<f64>,
+    /// The online linear classifier's training losses of the current
+    /// epoch so far, summed (as its f32 accumulator held them).
+    #[serde(default)]
+    pub online_linear_loss_sum: f64,
+    /// Its training steps of the current epoch so far.
+    #[serde(default)]
+    pub online_linear_steps: usize,
     /// Logged intervals in a row with a z-std under the collapse threshold.
     pub low_z_std_intervals: usize,
     /// Images skipped as unreadable so far.
@@ -89,6 +102,10 @@ impl TrainState {
             knn_raw_pixels: None,
             knn_random_init: None,
             knn_trained: None,
+            online_linear_top1: None,
+            online_linear_top5: None,
+            online_linear_loss_sum: 0.0,
+            online_linear_steps: 0,
             low_z_std_intervals: 0,
             skipped_images: 0,
             train_seconds: 0.0,

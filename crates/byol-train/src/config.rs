@@ -566,6 +566,14 @@ pub struct EvalConfig {
     pub every_epochs: usize,
     /// The linear probe of `cargo xtask eval`.
     pub probe: ProbeConfig,
+    /// Train a linear classifier on the detached online representation of
+    /// the labelled training images as they pass (its own Adam, not part of
+    /// the BYOL loss) and report its top-1/top-5 on the test split at every
+    /// epoch end, as DeepMind's BYOL, solo-learn and lightly do; needs the
+    /// monitor's labelled train and test splits.
+    pub online_linear: bool,
+    /// Learning rate of the online linear classifier's Adam.
+    pub online_linear_lr: f64,
 }
 
 impl Default for EvalConfig {
@@ -576,6 +584,8 @@ impl Default for EvalConfig {
             batch_size: 256,
             every_epochs: 1,
             probe: ProbeConfig::default(),
+            online_linear: true,
+            online_linear_lr: 1e-3,
         }
     }
 }
@@ -680,6 +690,10 @@ impl RunConfig {
         }
         if self.eval.every_epochs == 0 {
             return Err(invalid("eval.every_epochs", 0, "at least 1"));
+        }
+        let lr = self.eval.online_linear_lr;
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(invalid("eval.online_linear_lr", lr, "a finite number > 0"));
         }
         self.eval.knn.validate("eval.knn")?;
         self.eval.probe.validate("eval.probe")?;

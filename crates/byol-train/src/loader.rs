@@ -48,6 +48,8 @@ pub struct Batch {
     pub view1: Vec<f32>,
     /// Second views.
     pub view2: Vec<f32>,
+    /// The images' labels, in order; `None` unless every image has one.
+    pub labels: Option<Vec<u32>>,
     /// Samples left out of this batch as unreadable, with the reason.
     pub skipped: Vec<(String, String)>,
 }
@@ -89,10 +91,17 @@ pub fn make_batch(
     let decoded: Vec<(usize, Result<Image, byol_data::DataError>)> =
         indices.par_iter().map(|&i| (i, dataset.image(i))).collect();
     let mut images = Vec::with_capacity(decoded.len());
+    let mut labels = Some(Vec::with_capacity(decoded.len()));
     let mut skipped = Vec::new();
     for (i, result) in decoded {
         match (result, on_corrupt) {
-            (Ok(image), _) => images.push(image),
+            (Ok(image), _) => {
+                images.push(image);
+                labels = labels.and_then(|mut l| {
+                    l.push(dataset.label(i)?);
+                    Some(l)
+                });
+            }
             (Err(e), OnCorrupt::Fail) => return Err(e.into()),
             (Err(e), OnCorrupt::Skip) => skipped.push((dataset.name(i), e.to_string())),
         }
@@ -111,6 +120,7 @@ pub fn make_batch(
         len: images.len(),
         view1,
         view2,
+        labels,
         skipped,
     })
 }

@@ -60,6 +60,23 @@ pub enum Record {
         #[serde(deserialize_with = "null_as_nan")]
         top5: f64,
     },
+    /// The online linear classifier at an epoch end.
+    OnlineLinear {
+        /// Epoch, from 1.
+        epoch: usize,
+        /// Optimizer steps done.
+        step: usize,
+        /// Mean cross-entropy of its training steps in the epoch (on the
+        /// augmented views it trained on).
+        #[serde(deserialize_with = "null_as_nan")]
+        train_loss: f64,
+        /// Top-1 accuracy on the test split, in [0, 1].
+        #[serde(deserialize_with = "null_as_nan")]
+        top1: f64,
+        /// Top-5 accuracy.
+        #[serde(deserialize_with = "null_as_nan")]
+        top5: f64,
+    },
     /// End of an epoch.
     Epoch {
         /// Epoch, from 1.

@@ -102,7 +102,7 @@ fn deterministic(dir: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn short_run_lowers_loss_and_writes_a_usable_encoder() {
     let out = tempfile::tempdir().expect("tempdir");
-    let config = config(&[]);
+    let config = config(&["eval.online_linear_lr=0.02"]);
     let summary = run(&config, out.path()).expect("run should finish");
     assert_eq!(summary.steps, 3 * (384 / 64));
 
@@ -168,6 +168,27 @@ fn short_run_lowers_loss_and_writes_a_usable_encoder() {
     assert_eq!(
         knn,
         ["raw_pixels", "random_init", "epoch", "epoch", "epoch"]
+    );
+    // the online linear classifier, scored at every epoch end
+    let online: Vec<&serde_json::Value> = recs
+        .iter()
+        .filter(|r| r["kind"] == "online_linear")
+        .collect();
+    assert_eq!(online.len(), 3, "one per epoch");
+    let top1 = |r: &serde_json::Value| r["top1"].as_f64().expect("top1");
+    assert!(
+        online
+            .iter()
+            .all(|r| r["train_loss"].as_f64().is_some_and(f64::is_finite))
+    );
+    assert_eq!(summary.online_linear_top1, Some(top1(online[2])));
+    assert!(
+        top1(online[2]) > 0.15 && top1(online[2]) > top1(online[0]),
+        "10 classes: the classifier learns, beyond chance (0.1): {online:?}"
+    );
+    assert!(
+        checkpoints[0].1.join("online-linear.mpk").is_file(),
+        "the classifier is checkpointed"
     );
     let raw = summary.knn_raw_pixels.expect("the sample is labelled");
     assert!(

@@ -9,6 +9,7 @@
 mod data;
 mod guard;
 mod model;
+mod online;
 mod session;
 
 use std::path::Path;
@@ -37,6 +38,11 @@ pub struct RunSummary {
     pub knn_random_init: Option<KnnAccuracy>,
     /// kNN of the encoder after training.
     pub knn_trained: Option<KnnAccuracy>,
+    /// Test top-1 of the online linear classifier after the last epoch;
+    /// `None` with `eval.online_linear = false` or without labels.
+    pub online_linear_top1: Option<f64>,
+    /// Its top-5.
+    pub online_linear_top5: Option<f64>,
     /// Optimizer steps done.
     pub steps: usize,
     /// Mean loss of the last epoch.

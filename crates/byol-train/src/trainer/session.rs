@@ -15,6 +15,7 @@ use indicatif::ProgressBar;
 use super::data::RunData;
 use super::guard::{CollapseGuard, Verdict};
 use super::model::ModelSource;
+use super::online::OnlineLinear;
 use super::{Hooks, PretrainOptions, RunSummary, StopSignal};
 use crate::checkpoint::{
     CHECKPOINTS, TrainState, load_module, newest_usable, save_module, write_atomic,
@@ -184,6 +185,8 @@ where
     /// `None` only while a step has it.
     model: Option<Byol<B, E>>,
     optimizers: Optimizers<Byol<B, E>, B>,
+    /// The online linear classifier (`eval.online_linear` with labels).
+    online: Option<OnlineLinear<B>>,
     state: TrainState,
     metrics: MetricsLog,
     guard: CollapseGuard,
@@ -222,7 +225,7 @@ where
         let length = RunLength::new(config, data.train.len())?;
         let channels = data.train.channels();
         config.augment.check_channels(channels)?;
-        let (model, optimizers, state, metrics, resumed_from) = if options.resume {
+        let (model, optimizers, state, metrics, resumed) = if options.resume {
             resume(config, out_dir, device, &length, channels, source)?
         } else {
             let model = source.fresh(channels, device)?;
@@ -236,6 +239,9 @@ where
             let state = TrainState::fresh(config.train.tau_base);
             (model, Optimizers::new(&settings), state, metrics, None)
         };
+        let resumed_at = resumed.as_ref().map(|(_, dir)| (dir.as_path(), &state));
+        let online = online_linear(config, &data, &model, device, resumed_at)?;
+        let resumed_from = resumed.map(|(step, _)| step);
         let bar = progress::bar(
             options.progress,
             length.total_steps,
@@ -254,6 +260,7 @@ where
             length,
             model: Some(model),
             optimizers,
+            online,
             state,
             metrics,
             guard: CollapseGuard::new(&config.train, config.model.projection_dim),
@@ -388,6 +395,9 @@ where
             .expect("the model is in the session between steps");
         let (model, mut out) = byol_step(model, &mut self.optimizers, v1, v2, &settings);
         self.model = Some(model);
+        if let (Some(online), Some(labels)) = (&mut self.online, &batch.labels) {
+            online.train(out.representations.clone(), labels);
+        }
         if self.hooks.poisons(batch.step + 1) {
             out.loss = out.loss.mul_scalar(f64::NAN);
         }
@@ -499,10 +509,59 @@ where
                 }),
             }
         }
+        self.score_online(epoch)?;
         self.state.epoch_loss_sum = 0.0;
         self.state.epoch_steps = 0;
         self.loss_sum = Tensor::zeros([1], self.device);
         Ok(())
+    }
+
+    /// The online linear classifier's test top-1/top-5 at the end of
+    /// `epoch`, logged and recorded; skipped for a stop request.
+    fn score_online(&mut self, epoch: usize) -> Result<(), TrainError> {
+        let (Some(online), Some(knn)) = (&mut self.online, &self.data.knn) else {
+            return Ok(());
+        };
+        let Some(model) = self.model.as_ref() else {
+            return Ok(());
+        };
+        let encoder = model.online.encoder.valid();
+        let settings = self.config.knn_monitor();
+        let stop = || self.stop.requested();
+        let features = self.bar.suspend(|| {
+            byol_eval::extract_features_unless(
+                &encoder,
+                &*knn.queries,
+                0,
+                &settings.transform,
+                settings.batch_size,
+                self.device,
+                &stop,
+            )
+        });
+        let features = match features {
+            Ok(f) => f,
+            Err(byol_eval::EvalError::Stopped) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let score = online.end_epoch(features, &knn.query_labels)?;
+        self.bar.suspend(|| {
+            tracing::info!(
+                "online linear epoch {epoch:>3}: top-1 {:.2}%  top-5 {:.2}%  (train loss {:.4})",
+                100.0 * score.top1,
+                100.0 * score.top5,
+                score.train_loss
+            )
+        });
+        self.state.online_linear_top1 = Some(score.top1);
+        self.state.online_linear_top5 = Some(score.top5);
+        self.metrics.write(&Record::OnlineLinear {
+            epoch,
+            step: self.state.step,
+            train_loss: score.train_loss,
+            top1: score.top1,
+            top5: score.top5,
+        })
     }
 
     /// Writes the checkpoint of the current step, unless the losses summed
@@ -517,15 +576,22 @@ where
             });
         }
         self.state.epoch_loss_sum = f64::from(sum);
+        if let Some(online) = &self.online {
+            (
+                self.state.online_linear_loss_sum,
+                self.state.online_linear_steps,
+            ) = online.epoch_loss();
+        }
         self.record_time(waited);
-        let (model, optimizers) = (self.model(), &self.optimizers);
+        let (model, optimizers, online) = (self.model(), &self.optimizers, &self.online);
         write_checkpoint(
             self.out_dir,
             &self.state,
             self.config.train.keep_checkpoints,
             |dir| {
                 save_module::<B, _>(model.clone(), &dir.join("model.mpk"))?;
-                optimizers.save(dir)
+                optimizers.save(dir)?;
+                online.as_ref().map_or(Ok(()), |o| o.save(dir))
             },
         )?;
         Ok(())
@@ -565,6 +631,8 @@ where
             knn_raw_pixels: s.knn_raw_pixels,
             knn_random_init: s.knn_random_init,
             knn_trained: s.knn_trained,
+            online_linear_top1: s.online_linear_top1,
+            online_linear_top5: s.online_linear_top5,
             steps: s.step,
             final_loss: s.last_epoch_loss.unwrap_or(f64::NAN),
             train_seconds: s.train_seconds,
@@ -615,14 +683,50 @@ where
     }
 }
 
-/// What a resumed run starts from.
+/// What a resumed run starts from: the networks, optimizers, state and
+/// metrics log, and the step and folder of the checkpoint.
 type Resumed<B, E> = (
     Byol<B, E>,
     Optimizers<Byol<B, E>, B>,
     TrainState,
     MetricsLog,
-    Option<usize>,
+    Option<(usize, std::path::PathBuf)>,
 );
+
+/// The online linear classifier of a run: `None` with
+/// `eval.online_linear = false` or without the monitor's labelled splits;
+/// restored from the checkpoint folder and state of a resumed run.
+fn online_linear<B, E>(
+    config: &RunConfig,
+    data: &RunData,
+    model: &Byol<B, E>,
+    device: &B::Device,
+    resumed: Option<(&Path, &TrainState)>,
+) -> Result<Option<OnlineLinear<B>>, TrainError>
+where
+    B: AutodiffBackend,
+    E: Encoder<B> + AutodiffModule<B>,
+    Byol<B, E>: AutodiffModule<B>,
+{
+    let Some(knn) = data.knn.as_ref().filter(|_| config.eval.online_linear) else {
+        return Ok(None);
+    };
+    let classes = knn
+        .bank_labels
+        .iter()
+        .chain(&knn.query_labels)
+        .max()
+        .map_or(1, |&m| m as usize + 1);
+    let dim = model.online.encoder.output_dim();
+    let seed = byol_augment::mix_seed(config.seed, 0x11ea, 0);
+    let fresh = OnlineLinear::new(dim, classes, config.eval.online_linear_lr, seed, device);
+    let Some((dir, state)) = resumed else {
+        return Ok(Some(fresh));
+    };
+    let mut online = fresh.load(dir, device)?;
+    online.continue_epoch(state.online_linear_loss_sum, state.online_linear_steps);
+    Ok(Some(online))
+}
 
 /// The newest usable checkpoint of the run in `out_dir`, checked to fit
 /// `config`'s run; the resolved config is written back (a later plain
@@ -678,7 +782,7 @@ where
     write_atomic(&out_dir.join("config.toml"), &config.to_toml()?)?;
     let metrics = MetricsLog::resume(&out_dir.join("metrics.jsonl"), state.step)?;
     let from = state.step;
-    Ok((model, optimizers, state, metrics, Some(from)))
+    Ok((model, optimizers, state, metrics, Some((from, dir))))
 }
 
 /// Checks the run folder before any work: a fresh run needs an empty one;
