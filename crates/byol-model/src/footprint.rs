@@ -14,18 +14,23 @@
 //!   `x`; the tensor formula of other backends keeps `x − mean`), GroupNorm
 //!   two (`x − mean` and the normalised values, which the scale
 //!   multiplies), no normalisation none;
-//! - a ReLU keeps its output, which is also the next convolution's input;
-//! - the residual sum keeps nothing; the max-pool keeps its input (the
-//!   ReLU's output) and its indices, one value per output, and its output
-//!   is the next convolution's input;
-//! - a head's linear layer keeps its input, its hidden BatchNorm one
-//!   tensor, its ReLU its output.
+//! - a ReLU keeps its input (burn's autodiff ReLU checkpoints it), and its
+//!   output is the next convolution's input, kept there: two tensors;
+//! - the residual sum keeps nothing (the ReLU after it keeps the sum); the
+//!   max-pool keeps its input (the ReLU's output) and its indices, one
+//!   value (i32) per output, and its output is the next convolution's
+//!   input;
+//! - a head keeps its input (the pooled features, counted by the encoder;
+//!   the projection, by the projector), its hidden BatchNorm's input, its
+//!   ReLU's input and output, and its output.
 //!
-//! So a convolution + BatchNorm + ReLU costs two values per output
-//! element, which is what PyTorch keeps for the same layers. Values are
-//! f32 on every backend here: four bytes each. Counts are `u64` and
-//! saturate, so an absurd size (`augment.size = 100000`) gives a huge
-//! number instead of an overflow.
+//! So a convolution + BatchNorm + ReLU costs three values per output
+//! element, one without the ReLU. With the training budget's working set
+//! (`byol_train::budget`) these counts give the growth of a step's peak
+//! memory with the batch to within 10% on the CPU (docs/results.md,
+//! "Memory"). Values are f32 on every backend here: four bytes each.
+//! Counts are `u64` and saturate, so an absurd size (`augment.size =
+//! 100000`) gives a huge number instead of an overflow.
 
 use crate::block::BOTTLENECK_EXPANSION;
 use crate::norm::NormKind;
@@ -66,8 +71,8 @@ pub struct HeadFootprint {
     pub params: u64,
     /// Of `params`, the hidden BatchNorm's running statistics.
     pub buffers: u64,
-    /// Values per image kept for the backward pass: the hidden layer
-    /// (twice with BatchNorm: its input and the ReLU's output) and the
+    /// Values per image kept for the backward pass: the hidden layer's
+    /// ReLU input and output (and BatchNorm's input, with it) and the
     /// output; the input is its producer's.
     pub activations: u64,
 }
@@ -101,8 +106,12 @@ struct Counter {
 }
 
 impl Counter {
-    fn keep(&mut self, values: u64) {
-        self.out.activations = self.out.activations.saturating_add(values);
+    /// Keeps `times` tensors of `values` per image.
+    fn keep(&mut self, values: u64, times: u64) {
+        self.out.activations = self
+            .out
+            .activations
+            .saturating_add(values.saturating_mul(times));
         self.out.largest = self.out.largest.max(values);
     }
 
@@ -126,14 +135,19 @@ impl Counter {
             NormKind::Batch => {
                 self.add_params(c.saturating_mul(4));
                 self.out.buffers = self.out.buffers.saturating_add(c.saturating_mul(2));
-                self.keep(values);
+                self.keep(values, 1);
             }
             NormKind::GroupWs => {
                 self.add_params(c.saturating_mul(2));
-                self.keep(values.saturating_mul(2));
+                self.keep(values, 2);
             }
             NormKind::None => {}
         }
+    }
+
+    /// A ReLU over `values` per image: its input and its output.
+    fn relu(&mut self, values: u64) {
+        self.keep(values, 2);
     }
 
     /// Convolution and normalisation; returns the output's values.
@@ -154,7 +168,10 @@ impl ResNetConfig {
         let s = size as u64;
         let stem_width = (self.base_width as u64).saturating_mul(self.width_multiplier as u64);
         // the input image, kept by the first convolution
-        n.keep((self.in_channels as u64).saturating_mul(s.saturating_mul(s)));
+        n.keep(
+            (self.in_channels as u64).saturating_mul(s.saturating_mul(s)),
+            1,
+        );
         let (kernel, mut h) = match self.stem {
             Stem::Imagenet => (7, halve(s)),
             Stem::Cifar => (3, s),
@@ -166,15 +183,11 @@ impl ResNetConfig {
             kernel,
             h.saturating_mul(h),
         );
-        n.keep(stem);
+        n.relu(stem);
         if self.stem == Stem::Imagenet {
             h = halve(h);
             // the pooled output (the next convolutions' input) and its indices
-            n.keep(
-                stem_width
-                    .saturating_mul(h.saturating_mul(h))
-                    .saturating_mul(2),
-            );
+            n.keep(stem_width.saturating_mul(h.saturating_mul(h)), 2);
         }
         let mut channels = stem_width;
         for (i, &blocks) in self.layers.iter().enumerate() {
@@ -186,16 +199,16 @@ impl ResNetConfig {
                 let out_channels = match self.block {
                     BlockKind::Basic => {
                         let a = n.conv_norm(channels, planes, 3, hw);
-                        n.keep(a);
+                        n.relu(a);
                         n.conv_norm(planes, planes, 3, hw);
                         planes
                     }
                     BlockKind::Bottleneck => {
                         // v1.5: the stride is on the 3×3
                         let a = n.conv_norm(channels, planes, 1, hw_in);
-                        n.keep(a);
+                        n.relu(a);
                         let b = n.conv_norm(planes, planes, 3, hw);
-                        n.keep(b);
+                        n.relu(b);
                         let out = planes.saturating_mul(BOTTLENECK_EXPANSION as u64);
                         n.conv_norm(planes, out, 1, hw);
                         out
@@ -204,14 +217,14 @@ impl ResNetConfig {
                 if stride2 || channels != out_channels {
                     n.conv_norm(channels, out_channels, 1, hw);
                 }
-                // the ReLU after the residual sum: the block's output
-                n.keep(out_channels.saturating_mul(hw));
+                // the ReLU after the residual sum: the sum and the block's output
+                n.relu(out_channels.saturating_mul(hw));
                 channels = out_channels;
                 h = h_out;
             }
         }
         // the pooled features, kept by the projector's first layer
-        n.keep(channels);
+        n.keep(channels, 1);
         n.out.output_dim = channels;
         n.out
     }
@@ -232,7 +245,7 @@ impl MlpHeadConfig {
                 .saturating_add(linear(hidden, d_out))
                 .saturating_add(hidden.saturating_mul(4 * bn)),
             buffers: hidden.saturating_mul(2 * bn),
-            activations: hidden.saturating_mul(1 + bn).saturating_add(d_out),
+            activations: hidden.saturating_mul(2 + bn).saturating_add(d_out),
         }
     }
 }
@@ -315,12 +328,12 @@ mod tests {
     }
 
     #[test]
-    fn resnet50_at_224_keeps_21_million_values_per_image() {
+    fn resnet50_at_224_keeps_31_million_values_per_image() {
         // Σ over its 53 convolutions of the kept tensors, as the module
-        // docs count them: 85 MB per 224-px image, pinned so that a change
+        // docs count them: 124 MB per 224-px image, pinned so that a change
         // of the counting shows
         let f = ResNetConfig::resnet50().footprint(224);
-        assert_eq!(f.activations, 21_276_672);
+        assert_eq!(f.activations, 30_885_376);
         // the largest tensor is a stage-1 bottleneck's 256 × 56 × 56 output
         // (as large as the stem's 64 × 112 × 112)
         assert_eq!(f.largest, 64 * 112 * 112);
