@@ -8,6 +8,7 @@
 //! ℓ = 2 − 2·cos
 //! [BYOL, Grill et al. 2020, arXiv:2006.07733].
 
+pub mod budget;
 pub mod checkpoint;
 pub mod collapse;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod schedule;
 pub mod step;
 pub mod trainer;
 
+pub use budget::{DataFacts, DeviceMemory, MemoryPlan, MonitorImages};
 pub use config::{
     DataConfig, DataIdentity, EncoderKind, EvalConfig, LrScale, LrSchedule, ModelConfig,
     OptimizerKind, RunConfig, RunIdentity, TrainConfig,
@@ -143,4 +145,18 @@ pub enum TrainError {
     /// A run cannot be resumed as asked.
     #[error("cannot resume: {0}")]
     Resume(String),
+    /// The run would not fit in memory: refused before any work
+    /// ([`MemoryPlan::check`]).
+    #[error("{}", budget::refusal(*exceeded, *needed, *limit, parts))]
+    TooLarge {
+        /// Which limit the estimate exceeds.
+        exceeded: budget::Exceeded,
+        /// The estimate, bytes.
+        needed: u64,
+        /// The limit, bytes.
+        limit: u64,
+        /// The largest parts of the estimate, each with the config keys
+        /// that size it and their values.
+        parts: String,
+    },
 }
