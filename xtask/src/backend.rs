@@ -8,6 +8,7 @@
 
 use anyhow::{Result, bail};
 use burn::tensor::backend::AutodiffBackend;
+use byol_train::DeviceMemory;
 
 /// Work that runs on whichever backend this binary was built with.
 pub trait Task {
@@ -52,6 +53,70 @@ pub fn name(device: &str) -> &'static str {
         Ok(Device::Cuda(_)) if cfg!(feature = "cuda") => "cuda",
         _ => "?",
     }
+}
+
+/// The memory a run on `device` may use, and how it is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memory {
+    /// What [`byol_train::MemoryPlan::check`] compares the estimate with.
+    pub limit: DeviceMemory,
+    /// The device and its memory, for reports.
+    pub description: String,
+}
+
+/// The memory of `device`: on the CPU, where host and device are one
+/// memory, the host's `MemAvailable` (Linux `/proc/meminfo`); on a CUDA
+/// device, unknown (burn 0.21 does not report it).
+///
+/// # Errors
+///
+/// When `device` does not parse.
+pub fn memory(device: &str) -> Result<Memory> {
+    Ok(match parse(device)? {
+        Device::Cpu => {
+            let available = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|text| mem_available(&text));
+            match available {
+                Some(bytes) => Memory {
+                    limit: DeviceMemory::Shared(bytes),
+                    description: format!(
+                        "{device} ({}): host and device share the {} available (MemAvailable)",
+                        name(device),
+                        byol_train::budget::format_bytes(bytes)
+                    ),
+                },
+                None => Memory {
+                    limit: DeviceMemory::Unknown,
+                    description: format!(
+                        "{device} ({}): memory unknown (no MemAvailable in /proc/meminfo)",
+                        name(device)
+                    ),
+                },
+            }
+        }
+        Device::Cuda(_) => Memory {
+            limit: DeviceMemory::Unknown,
+            description: format!(
+                "{device} ({}): memory unknown (burn 0.21 does not report a CUDA device's){}",
+                name(device),
+                if cfg!(feature = "cuda") {
+                    ""
+                } else {
+                    "; this binary was built without the cuda feature"
+                }
+            ),
+        },
+    })
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Runs `task` on the backend and device named by `device`.
@@ -154,6 +219,17 @@ mod tests {
             let err = parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(&format!("--device {bad}:")), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn mem_available_is_read_in_bytes_and_cuda_memory_is_unknown() {
+        let text = "MemTotal:       32000000 kB\nMemFree:  1000 kB\nMemAvailable:   23939324 kB\n";
+        assert_eq!(mem_available(text), Some(23_939_324 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+        let cuda = memory("cuda:1").expect("parses");
+        assert_eq!(cuda.limit, DeviceMemory::Unknown);
+        assert!(cuda.description.contains("cuda:1"), "{}", cuda.description);
+        assert!(memory("tpu").is_err());
     }
 
     /// The backend a task actually gets for `cpu`, by its type name.

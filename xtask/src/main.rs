@@ -195,6 +195,7 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         (None, None) => PathBuf::from("configs/default.toml"),
     };
     let (config, config_path) = load_config(Some(&config_path), &args.set, args.data.as_ref())?;
+    let memory = backend::memory(&args.device)?;
     let out = match (&args.resume, &args.out) {
         (Some(run), _) => run.clone(),
         (None, Some(out)) => out.clone(),
@@ -210,6 +211,7 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
             PathBuf::from("runs").join(format!("{stem}-{secs}"))
         }
     };
+    tracing::info!("device {}", memory.description);
     let stop = stop_on_signals()?;
     let result = backend::run(
         &args.device,
@@ -220,6 +222,7 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
                 progress: !args.no_progress,
                 resume: args.resume.is_some(),
                 stop,
+                memory: memory.limit,
             },
         },
     );

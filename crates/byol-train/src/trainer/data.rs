@@ -6,6 +6,7 @@ use std::sync::Arc;
 use byol_data::{DataError, Dataset, Split};
 use byol_eval::KnnData;
 
+use crate::budget::{DataFacts, MonitorImages};
 use crate::run::{Progress, open_split_with};
 use crate::{RunConfig, TrainError, progress};
 
@@ -17,6 +18,23 @@ pub(crate) struct RunData {
     /// The kNN monitor's data; `None` with `eval.monitor = false` or
     /// without labelled train and test splits.
     pub(crate) knn: Option<KnnData>,
+}
+
+impl RunData {
+    /// What a memory plan needs to know of this data.
+    pub(crate) fn facts(&self) -> DataFacts {
+        DataFacts {
+            train_images: Some(self.train.len()),
+            channels: Some(self.train.channels()),
+            monitor: self
+                .knn
+                .as_ref()
+                .map_or(MonitorImages::Off, |knn| MonitorImages::Counted {
+                    bank: knn.bank.len(),
+                    queries: knn.queries.len(),
+                }),
+        }
+    }
 }
 
 /// Opens the pretraining split and, when the monitor is on and labelled

@@ -23,6 +23,7 @@ use byol_eval::KnnAccuracy;
 use byol_model::{Byol, Encoder, ResNet};
 use serde::Serialize;
 
+use crate::budget::{DataFacts, DeviceMemory};
 use crate::loader::with_loader;
 use crate::{RunConfig, TrainError};
 use model::{Custom, ModelSource, ResNets, init_from};
@@ -71,6 +72,10 @@ pub struct PretrainOptions {
     pub resume: bool,
     /// Asks the run to stop early (on Ctrl-C, for one).
     pub stop: StopSignal,
+    /// The memory the run may use: a run whose estimate exceeds it (or
+    /// [`crate::budget::ABSURD_BYTES`], whatever it is) is refused before
+    /// any work ([`crate::MemoryPlan::check`]).
+    pub memory: DeviceMemory,
 }
 
 /// A request to stop a [`pretrain`] run before its end. The run notices it
@@ -133,8 +138,10 @@ impl Hooks {
 ///
 /// # Errors
 ///
-/// Any [`TrainError`]: bad config values (checked before any work), data,
-/// output files, a resume that does not fit, a diverging loss or collapse.
+/// Any [`TrainError`]: bad config values and a run that cannot fit in
+/// `options.memory` ([`TrainError::TooLarge`]), both checked before any
+/// work, data, output files, a resume that does not fit, a diverging loss
+/// or collapse.
 pub fn pretrain<B: AutodiffBackend>(
     config: &RunConfig,
     out_dir: &Path,
@@ -214,8 +221,17 @@ where
     Byol<B, E>: AutodiffModule<B>,
 {
     let started = Instant::now();
+    // what cannot fit is refused before any work: first before the data is
+    // read (a lower bound: the fewest channels, no monitor), then exactly,
+    // before the networks are built
+    source
+        .memory_plan(config, &DataFacts::default())
+        .check(options.memory)?;
     check_run_folder(config, out_dir, options.resume)?;
     let data = data::open_data(config, options.progress)?;
+    source
+        .memory_plan(config, &data.facts())
+        .check(options.memory)?;
     let mut session = Session::start(config, out_dir, device, options, data, source, hooks)?;
     let (train, plan) = (session.train_data(), session.plan());
     let d = &config.data;
@@ -285,6 +301,31 @@ mod tests {
             &source,
             hooks,
         )
+    }
+
+    #[test]
+    fn a_run_that_cannot_fit_is_refused_before_its_folder_is_made() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let dir = out.path().join("run");
+        let refuse = |config: &RunConfig, memory| {
+            let options = PretrainOptions {
+                memory,
+                ..Default::default()
+            };
+            pretrain::<Autodiff<Flex>>(config, &dir, &Default::default(), options)
+                .expect_err("refused")
+        };
+        let err = refuse(
+            &sample_config(&["augment.size=100000"]),
+            DeviceMemory::Unknown,
+        );
+        assert!(matches!(err, TrainError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("augment.size = 100000"), "{err}");
+        // the sample fits a few MiB only once its data is known: refused
+        // by the second check, after the data is read and before the folder
+        let err = refuse(&sample_config(&[]), DeviceMemory::Shared(1 << 20));
+        assert!(err.to_string().contains("1.0 MiB available"), "{err}");
+        assert!(!dir.exists());
     }
 
     #[test]

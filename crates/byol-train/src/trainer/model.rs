@@ -7,6 +7,7 @@ use std::path::Path;
 use burn::prelude::*;
 use byol_model::{Byol, Encoder, ResNet};
 
+use crate::budget::{DataFacts, MemoryPlan};
 use crate::{RunConfig, TrainError};
 
 /// Builds the `Byol` pair of a run for `channels`-channel images. Every
@@ -18,6 +19,13 @@ pub(crate) trait ModelSource<B: Backend, E> {
     /// such, not as an unusable checkpoint).
     fn validate(&self, _channels: usize) -> Result<(), TrainError> {
         Ok(())
+    }
+
+    /// The memory plan of a run of these networks on data known as
+    /// `facts`: an encoder of the caller's has unknown layers, so only what
+    /// does not depend on them is counted.
+    fn memory_plan(&self, config: &RunConfig, facts: &DataFacts) -> MemoryPlan {
+        MemoryPlan::without_encoder(config, facts)
     }
 
     /// The networks of a fresh run, with any pretrained weights loaded.
@@ -41,6 +49,10 @@ impl<B: Backend> ModelSource<B, ResNet<B>> for ResNets<'_> {
             .model
             .encoder_config(channels)
             .validate("model")?)
+    }
+
+    fn memory_plan(&self, config: &RunConfig, facts: &DataFacts) -> MemoryPlan {
+        MemoryPlan::new(config, facts)
     }
 
     fn fresh(&self, channels: usize, device: &B::Device) -> Result<Byol<B, ResNet<B>>, TrainError> {
