@@ -18,6 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod backend;
 mod bench;
+mod dry_run;
 mod embed;
 mod eval;
 mod export;
@@ -78,6 +79,11 @@ struct PretrainArgs {
     /// Hide the progress bars.
     #[arg(long)]
     no_progress: bool,
+    /// Print the plan (images, steps, memory per step by part, the kNN
+    /// monitor and its memory, the device) and exit, without training or
+    /// making the run folder; exits non-zero when the run would be refused.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn main() -> Result<()> {
@@ -196,6 +202,10 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
     };
     let (config, config_path) = load_config(Some(&config_path), &args.set, args.data.as_ref())?;
     let memory = backend::memory(&args.device)?;
+    if args.dry_run {
+        return dry_run::run(&config, &config_path, &memory)
+            .with_context(|| format!("planning a run of {}", config_path.display()));
+    }
     let out = match (&args.resume, &args.out) {
         (Some(run), _) => run.clone(),
         (None, Some(out)) => out.clone(),

@@ -37,7 +37,10 @@ pub use optim::{ByolOptimizer, OptimizerSettings};
 pub use run::{LoadedEncoder, Network, Run};
 pub use schedule::{learning_rate, tau};
 pub use step::{Optimizers, StepOutput, StepSettings, byol_step};
-pub use trainer::{PretrainOptions, RunSummary, StopSignal, pretrain, pretrain_encoder};
+pub use trainer::{
+    PretrainOptions, RunPlan, RunSummary, StepCounts, StopSignal, plan_run, pretrain,
+    pretrain_encoder,
+};
 
 use std::path::PathBuf;
 

@@ -10,6 +10,7 @@ mod data;
 mod guard;
 mod model;
 mod online;
+mod plan;
 mod session;
 
 use std::path::Path;
@@ -27,6 +28,7 @@ use crate::budget::{DataFacts, DeviceMemory};
 use crate::loader::with_loader;
 use crate::{RunConfig, TrainError};
 use model::{Custom, ModelSource, ResNets, init_from};
+pub use plan::{RunPlan, StepCounts, plan_run};
 use session::{Session, check_run_folder};
 
 /// The figures a finished run reports.
