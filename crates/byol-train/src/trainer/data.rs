@@ -118,3 +118,33 @@ fn optional(
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monitor_bank_is_cut_to_bank_size_while_pretraining_keeps_every_image() {
+        let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../data/fashion-mnist-sample")
+            .display()
+            .to_string();
+        let config = RunConfig::load(
+            None,
+            &[
+                format!("data.path={sample:?}"),
+                "eval.knn.bank_size=100".into(),
+            ],
+        )
+        .expect("valid");
+        let data = open_data(&config, false).expect("the sample opens");
+        assert_eq!(data.train.len(), 4_000, "pretraining sees the whole split");
+        let knn = data.knn.expect("the sample is labelled");
+        assert_eq!((knn.bank.len(), knn.bank_labels.len()), (100, 100));
+        assert_eq!(knn.queries.len(), 1_000, "the queries are not cut");
+        for class in 0..10 {
+            let n = knn.bank_labels.iter().filter(|&&l| l == class).count();
+            assert_eq!(n, 10, "class {class}: balanced");
+        }
+    }
+}
