@@ -1,7 +1,10 @@
 //! The one place concrete backends are named, chosen by cargo feature and
 //! `--device`: `cpu` runs on `flex` (default feature) or else `ndarray`;
-//! `cuda`/`cuda:N` runs on the `cuda` backend when that feature is built in.
-//! A `cuda` build keeps its CPU backend, so one binary serves both.
+//! `cuda`/`cuda:N` runs on the `cuda` backend when that feature is built in;
+//! `wgpu`/`wgpu:N` on the `wgpu` backend (Vulkan, Metal, DirectX: the first
+//! or the N-th discrete GPU) and `wgpu-cpu` on its software adapter (Mesa's
+//! lavapipe on Linux) when the `wgpu` feature is built in. A GPU build
+//! keeps its CPU backend, so one binary serves both.
 //!
 //! Commands implement [`Task`], a job generic over the autodiff backend;
 //! [`run`] parses `--device` and runs it on the matching backend.
@@ -23,23 +26,41 @@ pub const DEFAULT_DEVICE: &str = "cuda:0";
 #[cfg(not(feature = "cuda"))]
 pub const DEFAULT_DEVICE: &str = "cpu";
 
-#[cfg(not(any(feature = "cuda", feature = "flex", feature = "ndarray")))]
-compile_error!("enable one backend feature of xtask: flex (default), ndarray or cuda");
+#[cfg(not(any(
+    feature = "cuda",
+    feature = "wgpu",
+    feature = "flex",
+    feature = "ndarray"
+)))]
+compile_error!("enable one backend feature of xtask: flex (default), ndarray, cuda or wgpu");
 
 /// What `--device` asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Device {
     Cpu,
     Cuda(usize),
+    /// A GPU through wgpu: `None` for the default adapter, else the N-th
+    /// discrete GPU.
+    Wgpu(Option<usize>),
+    /// wgpu's software (CPU) adapter.
+    WgpuCpu,
 }
 
 fn parse(device: &str) -> Result<Device> {
     match device {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Ok(Device::Cuda(0)),
-        d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => Ok(Device::Cuda(i)),
-            _ => bail!("--device {d}: expected `cpu`, `cuda` or `cuda:N`"),
+        "wgpu" => Ok(Device::Wgpu(None)),
+        "wgpu-cpu" => Ok(Device::WgpuCpu),
+        d => match (
+            d.strip_prefix("cuda:").map(str::parse::<usize>),
+            d.strip_prefix("wgpu:").map(str::parse::<usize>),
+        ) {
+            (Some(Ok(i)), _) => Ok(Device::Cuda(i)),
+            (_, Some(Ok(i))) => Ok(Device::Wgpu(Some(i))),
+            _ => bail!(
+                "--device {d}: expected `cpu`, `cuda`, `cuda:N`, `wgpu`, `wgpu:N` or `wgpu-cpu`"
+            ),
         },
     }
 }
@@ -51,6 +72,7 @@ pub fn name(device: &str) -> &'static str {
         Ok(Device::Cpu) if cfg!(feature = "flex") => "flex",
         Ok(Device::Cpu) if cfg!(feature = "ndarray") => "ndarray",
         Ok(Device::Cuda(_)) if cfg!(feature = "cuda") => "cuda",
+        Ok(Device::Wgpu(_) | Device::WgpuCpu) if cfg!(feature = "wgpu") => "wgpu",
         _ => "?",
     }
 }
@@ -107,6 +129,18 @@ pub fn memory(device: &str) -> Result<Memory> {
                 }
             ),
         },
+        Device::Wgpu(_) | Device::WgpuCpu => Memory {
+            limit: DeviceMemory::Unknown,
+            description: format!(
+                "{device} ({}): memory unknown (burn 0.21 does not report a wgpu adapter's){}",
+                name(device),
+                if cfg!(feature = "wgpu") {
+                    ""
+                } else {
+                    "; this binary was built without the wgpu feature"
+                }
+            ),
+        },
     })
 }
 
@@ -124,7 +158,41 @@ pub fn run<T: Task>(device: &str, task: T) -> Result<T::Output> {
     match parse(device)? {
         Device::Cpu => run_cpu(task),
         Device::Cuda(index) => run_cuda(device, index, task),
+        Device::Wgpu(index) => run_wgpu(device, wgpu_device(index), task),
+        Device::WgpuCpu => run_wgpu(device, WgpuChoice::Cpu, task),
     }
+}
+
+/// Which wgpu adapter to open (named apart from burn's `WgpuDevice`, so
+/// that a build without the feature still parses `--device wgpu`).
+#[derive(Debug, Clone, Copy)]
+enum WgpuChoice {
+    Default,
+    Discrete(usize),
+    Cpu,
+}
+
+fn wgpu_device(index: Option<usize>) -> WgpuChoice {
+    index.map_or(WgpuChoice::Default, WgpuChoice::Discrete)
+}
+
+#[cfg(feature = "wgpu")]
+fn run_wgpu<T: Task>(_device: &str, choice: WgpuChoice, task: T) -> Result<T::Output> {
+    use burn::backend::wgpu::WgpuDevice;
+    use burn::backend::{Autodiff, Wgpu};
+    let device = match choice {
+        WgpuChoice::Default => WgpuDevice::DefaultDevice,
+        WgpuChoice::Discrete(i) => WgpuDevice::DiscreteGpu(i),
+        WgpuChoice::Cpu => WgpuDevice::Cpu,
+    };
+    task.run::<Autodiff<Wgpu>>(device)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn run_wgpu<T: Task>(device: &str, _choice: WgpuChoice, _task: T) -> Result<T::Output> {
+    bail!(
+        "--device {device}: this binary was built without the wgpu backend; rebuild with `--features wgpu`, or pass --device cpu"
+    )
 }
 
 #[cfg(feature = "flex")]
@@ -215,7 +283,10 @@ mod tests {
         assert_eq!(parse("cpu").ok(), Some(Device::Cpu));
         assert_eq!(parse("cuda").ok(), Some(Device::Cuda(0)));
         assert_eq!(parse("cuda:3").ok(), Some(Device::Cuda(3)));
-        for bad in ["gpu", "cuda:", "cuda:x", "CPU", ""] {
+        assert_eq!(parse("wgpu").ok(), Some(Device::Wgpu(None)));
+        assert_eq!(parse("wgpu:1").ok(), Some(Device::Wgpu(Some(1))));
+        assert_eq!(parse("wgpu-cpu").ok(), Some(Device::WgpuCpu));
+        for bad in ["gpu", "cuda:", "cuda:x", "CPU", "", "wgpu:", "wgpu-gpu"] {
             let err = parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(&format!("--device {bad}:")), "{bad}: {err}");
         }

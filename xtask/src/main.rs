@@ -89,7 +89,9 @@ struct PretrainArgs {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            // cubecl logs each autotune at info: one line per kernel shape
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,cubecl=warn,cubecl_runtime=warn")),
         )
         .with_target(false)
         // colour codes only for a terminal (a log piped to a file or CI
