@@ -61,6 +61,7 @@ impl Jitter {
     }
 
     /// Applies the four parts in order, clamping to `[0, 1]` after each.
+    #[inline(always)]
     pub fn apply(&self, data: &mut [f32], channels: usize) {
         for op in self.order {
             match op {
@@ -80,6 +81,7 @@ pub(crate) fn uniform(rng: &mut impl Rng, lo: f32, hi: f32) -> f32 {
 }
 
 /// The three planes of an RGB image, or `None` for other channel counts.
+#[inline(always)]
 fn rgb_planes(data: &mut [f32], channels: usize) -> Option<(&mut [f32], &mut [f32], &mut [f32])> {
     if channels != 3 {
         return None;
@@ -90,16 +92,19 @@ fn rgb_planes(data: &mut [f32], channels: usize) -> Option<(&mut [f32], &mut [f3
     Some((r, g, b))
 }
 
+#[inline(always)]
 fn luma(r: f32, g: f32, b: f32) -> f32 {
     LUMA[0] * r + LUMA[1] * g + LUMA[2] * b
 }
 
 /// `clamp(factor·x + (1 − factor)·other)`, torchvision's `_blend`.
+#[inline(always)]
 fn blend(x: f32, other: f32, factor: f32) -> f32 {
     (factor * x + (1.0 - factor) * other).clamp(0.0, 1.0)
 }
 
 /// Multiplies every value by `factor` (a blend with black).
+#[inline(always)]
 pub(crate) fn adjust_brightness(data: &mut [f32], factor: f32) {
     for v in data {
         *v = blend(*v, 0.0, factor);
@@ -108,6 +113,7 @@ pub(crate) fn adjust_brightness(data: &mut [f32], factor: f32) {
 
 /// Blends with the mean of the grayscale image (of the image itself on one
 /// channel).
+#[inline(always)]
 pub(crate) fn adjust_contrast(data: &mut [f32], channels: usize, factor: f32) {
     if data.is_empty() {
         return;
@@ -127,6 +133,7 @@ pub(crate) fn adjust_contrast(data: &mut [f32], channels: usize, factor: f32) {
 }
 
 /// Blends each pixel with its luma. No-op unless three channels.
+#[inline(always)]
 pub(crate) fn adjust_saturation(data: &mut [f32], channels: usize, factor: f32) {
     let Some((r, g, b)) = rgb_planes(data, channels) else {
         return;
@@ -141,6 +148,7 @@ pub(crate) fn adjust_saturation(data: &mut [f32], channels: usize, factor: f32) 
 
 /// Rotates the hue by `shift` turns through HSV. No-op unless three
 /// channels, or when `shift` is 0.
+#[inline(always)]
 pub(crate) fn adjust_hue(data: &mut [f32], channels: usize, shift: f32) {
     if shift == 0.0 {
         return;
@@ -150,7 +158,7 @@ pub(crate) fn adjust_hue(data: &mut [f32], channels: usize, shift: f32) {
     };
     for i in 0..r.len() {
         let (h, s, v) = rgb_to_hsv(r[i], g[i], b[i]);
-        let (nr, ng, nb) = hsv_to_rgb((h + shift).rem_euclid(1.0), s, v);
+        let (nr, ng, nb) = hsv_to_rgb(wrap_turn(h + shift), s, v);
         r[i] = nr.clamp(0.0, 1.0);
         g[i] = ng.clamp(0.0, 1.0);
         b[i] = nb.clamp(0.0, 1.0);
@@ -158,6 +166,7 @@ pub(crate) fn adjust_hue(data: &mut [f32], channels: usize, shift: f32) {
 }
 
 /// Sets the three channels to the luma. No-op unless three channels.
+#[inline(always)]
 pub(crate) fn to_grayscale(data: &mut [f32], channels: usize) {
     let Some((r, g, b)) = rgb_planes(data, channels) else {
         return;
@@ -170,6 +179,7 @@ pub(crate) fn to_grayscale(data: &mut [f32], channels: usize) {
 }
 
 /// Inverts (`x -> 1 - x`) the values at or above `threshold`.
+#[inline(always)]
 pub(crate) fn solarize(data: &mut [f32], threshold: f32) {
     for v in data {
         if *v >= threshold {
@@ -178,7 +188,17 @@ pub(crate) fn solarize(data: &mut [f32], threshold: f32) {
     }
 }
 
+/// `x.rem_euclid(1.0)` for the hue turns met here (`|x| < 2`), without the
+/// `fmodf` call: `x − ⌊x⌋` is the same real number rounded once, so the
+/// same `f32`, but for the sign of a zero result, which [`hsv_to_rgb`]
+/// does not see.
+#[inline(always)]
+fn wrap_turn(x: f32) -> f32 {
+    x - x.floor()
+}
+
 /// Hue (turns, in `[0, 1)`), saturation and value of an RGB colour.
+#[inline(always)]
 fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     let max = r.max(g).max(b);
     let min = r.min(g).min(b);
@@ -194,10 +214,11 @@ fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     } else {
         4.0 + (r - g) / delta
     };
-    ((sector / 6.0).rem_euclid(1.0), s, max)
+    (wrap_turn(sector / 6.0), s, max)
 }
 
 /// RGB colour of a hue (turns), saturation and value.
+#[inline(always)]
 fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
     let h6 = h * 6.0;
     let sector = h6.floor();
@@ -276,6 +297,24 @@ mod tests {
         let mut d = planar(&[[1.0, 0.0, 0.0]]);
         adjust_hue(&mut d, 3, -0.5);
         assert!(close(&d, &[0.0, 1.0, 1.0]), "{d:?}");
+    }
+
+    #[test]
+    fn wrap_turn_is_rem_euclid_up_to_the_sign_of_zero() {
+        let mut state = 5u64;
+        for i in 0..200_000u32 {
+            state = crate::splitmix64(state);
+            let x = if i < 1000 {
+                // whole and half turns, and their neighbours
+                (i as f32 - 500.0) / 250.0
+            } else {
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            };
+            for x in [x, x.next_up(), x.next_down()] {
+                let (a, b) = (wrap_turn(x), x.rem_euclid(1.0));
+                assert!(a == b, "{x}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Geometry: the random resized crop's window, bilinear resizing of a window
-//! of `u8` pixels into planar `f32` values in `[0, 1]`, and the horizontal
-//! flip.
+//! Geometry: the random resized crop's window, and the resizing of a window
+//! of `u8` pixels into planar `f32` values in `[0, 1]` (bilinear,
+//! antialiased beyond a 2× downscale), mirrored for the horizontal flip.
 
 use byol_data::ImageRef;
 use rand::Rng;
@@ -111,19 +111,183 @@ impl Tap {
     }
 }
 
-/// Writes `window` of `img` bilinearly resized to `size × size` into `out`
-/// (`[channels, size, size]`), as values in `[0, 1]` (bytes / 255). No
-/// antialiasing. `taps` is scratch space.
+/// Beyond this downscale (source pixels per output pixel) an axis is
+/// resampled with the antialiasing filter; up to it, with the two-tap
+/// bilinear interpolation, which at 2× still averages every pair of source
+/// pixels.
+pub(crate) const ANTIALIAS_ABOVE: f32 = 2.0;
+
+/// The source weights of every output coordinate along one axis.
+///
+/// Up to [`ANTIALIAS_ABOVE`]: the two bilinear taps of [`Tap`] per output,
+/// `w0 · source[i0] + w1 · source[i1]` (at the far edge `i1 = i0` and
+/// `w1 = 0`), the very terms of plain bilinear interpolation. Beyond it:
+/// the triangle filter stretched by the scale, as PIL's and torchvision's
+/// `antialias=True` bilinear resize: output centre `c = (i + 0.5) · scale`,
+/// source pixels `j` whose centre is within `scale` of it, weights
+/// `1 − |j + 0.5 − c| / scale` normalised to sum to 1, the filter cut at
+/// the window's edges; output `i` is then
+/// `Σ_k weights[offset + k] · source[first + k]` over `count` taps.
+#[derive(Debug, Default)]
+pub(crate) struct AxisTaps {
+    /// Whether the axis uses the spans (antialiasing) or the pairs.
+    antialias: bool,
+    i0: Vec<usize>,
+    i1: Vec<usize>,
+    w0: Vec<f32>,
+    w1: Vec<f32>,
+    /// (first source index, count, offset into `weights`) per output.
+    spans: Vec<(usize, usize, usize)>,
+    weights: Vec<f32>,
+}
+
+impl AxisTaps {
+    /// The taps of `out_len` outputs from `len` source pixels, in reverse
+    /// output order when `reversed`.
+    fn build(&mut self, len: usize, out_len: usize, reversed: bool) {
+        for v in [&mut self.i0, &mut self.i1] {
+            v.clear();
+        }
+        for v in [&mut self.w0, &mut self.w1, &mut self.weights] {
+            v.clear();
+        }
+        self.spans.clear();
+        let scale = len as f32 / out_len as f32;
+        self.antialias = scale > ANTIALIAS_ABOVE;
+        for o in 0..out_len {
+            let i = if reversed { out_len - 1 - o } else { o };
+            if self.antialias {
+                self.push_triangle(i, f64::from(scale), len);
+            } else {
+                let t = Tap::new(i, scale, len);
+                self.i0.push(t.i0);
+                self.i1.push(t.i1);
+                self.w0.push(1.0 - t.frac);
+                self.w1.push(t.frac);
+            }
+        }
+    }
+
+    /// Pushes the antialiasing span of output `i`.
+    fn push_triangle(&mut self, i: usize, scale: f64, len: usize) {
+        let centre = (i as f64 + 0.5) * scale;
+        let first = ((centre - scale + 0.5).floor().max(0.0) as usize).min(len - 1);
+        let end = ((centre + scale + 0.5).floor() as usize).clamp(first + 1, len);
+        let offset = self.weights.len();
+        let mut sum = 0.0;
+        for j in first..end {
+            let w = (1.0 - ((j as f64 + 0.5 - centre) / scale).abs()).max(0.0);
+            self.weights.push(w as f32);
+            sum += w;
+        }
+        if sum > 0.0 {
+            for w in &mut self.weights[offset..] {
+                *w = (f64::from(*w) / sum) as f32;
+            }
+        }
+        self.spans.push((first, end - first, offset));
+    }
+
+    /// The source indices used, `lo..hi`.
+    fn range(&self) -> (usize, usize) {
+        if self.antialias {
+            let lo = self.spans.iter().map(|s| s.0).min().unwrap_or(0);
+            let hi = self.spans.iter().map(|s| s.0 + s.1).max().unwrap_or(0);
+            (lo, hi)
+        } else {
+            let lo = self.i0.iter().copied().min().unwrap_or(0);
+            let hi = self.i1.iter().copied().max().map_or(0, |i| i + 1);
+            (lo, hi)
+        }
+    }
+
+    /// `dst[o]` = output `o` of this axis over the values `src` (one per
+    /// source index).
+    #[inline(always)]
+    fn apply(&self, src: &[f32], dst: &mut [f32]) {
+        if self.antialias {
+            for (d, &(first, count, offset)) in dst.iter_mut().zip(&self.spans) {
+                let terms = self.weights[offset..offset + count]
+                    .iter()
+                    .zip(&src[first..]);
+                let mut acc = 0.0;
+                for (k, (&w, &v)) in terms.enumerate() {
+                    acc = if k == 0 { w * v } else { acc + w * v };
+                }
+                *d = acc;
+            }
+            return;
+        }
+        let Some(last) = src.len().checked_sub(1) else {
+            return;
+        };
+        let src = &src[..=last];
+        let taps = self
+            .i0
+            .iter()
+            .zip(&self.i1)
+            .zip(self.w0.iter().zip(&self.w1));
+        for (d, ((&i0, &i1), (&w0, &w1))) in dst.iter_mut().zip(taps) {
+            // indices are in range by construction; the `min` lets the
+            // compiler drop the bounds checks
+            *d = w0 * src[i0.min(last)] + w1 * src[i1.min(last)];
+        }
+    }
+}
+
+/// The `c` channels of interleaved `src` as `c` planes of `f32` in `dst`
+/// (`src.len()` values).
+#[inline(always)]
+fn deinterleave(src: &[u8], c: usize, dst: &mut [f32]) {
+    let w = src.len() / c;
+    if c == 3 {
+        let (r, rest) = dst.split_at_mut(w);
+        let (g, b) = rest.split_at_mut(w);
+        for (((px, r), g), b) in src.chunks_exact(3).zip(r).zip(g).zip(b) {
+            (*r, *g, *b) = (f32::from(px[0]), f32::from(px[1]), f32::from(px[2]));
+        }
+        return;
+    }
+    for (ch, plane) in dst.chunks_exact_mut(w).enumerate() {
+        for (d, px) in plane.iter_mut().zip(src.chunks_exact(c)) {
+            *d = f32::from(px[ch]);
+        }
+    }
+}
+
+/// Scratch space of [`resize_window`].
+#[derive(Debug, Default)]
+pub(crate) struct ResizeScratch {
+    x: AxisTaps,
+    y: AxisTaps,
+    /// One source row as `f32` planes, `[channels, window width]`.
+    line: Vec<f32>,
+    /// Rows resized along x: `[channels, rows, size]`.
+    rows: Vec<f32>,
+}
+
+/// Writes `window` of `img` resized to `size × size` into `out`
+/// (`[channels, size, size]`), as values in `[0, 1]` (bytes / 255),
+/// mirrored left to right when `flip`. Separable: the window's rows are
+/// resized along x, then those rows combined along y; each axis is
+/// bilinear (pixel-centre aligned, as PyTorch's `align_corners = False`),
+/// or antialiased where it is downscaled more than [`ANTIALIAS_ABOVE`]
+/// times ([`AxisTaps`]). Where neither axis is, the values are bitwise
+/// those of [`reference::resize_window`] (plain bilinear, output by
+/// output): the same products, added in the same order. Inlined, so that
+/// it is compiled into the caller's [`crate::simd`] copy.
 ///
 /// # Panics
 ///
 /// When the window is empty or outside the image, or `out` has not
 /// `channels × size × size` values.
+#[inline(always)]
 pub(crate) fn resize_window(
     img: ImageRef<'_>,
     window: Window,
     size: usize,
-    taps: &mut Vec<Tap>,
+    flip: bool,
+    scratch: &mut ResizeScratch,
     out: &mut [f32],
 ) {
     assert!(
@@ -140,36 +304,102 @@ pub(crate) fn resize_window(
         c * plane,
         "output should hold channels × size × size values"
     );
-    let scale_y = window.height as f32 / size as f32;
-    let scale_x = window.width as f32 / size as f32;
-    taps.clear();
-    taps.extend((0..size).map(|x| Tap::new(x, scale_x, window.width)));
+    if plane == 0 {
+        return;
+    }
+    let ResizeScratch { x, y, line, rows } = scratch;
+    x.build(window.width, size, flip);
+    y.build(window.height, size, false);
+    let (r0, r1) = y.range();
+    let n_rows = r1 - r0;
+    rows.resize(c * n_rows * size, 0.0);
     let row_len = img.width * c;
-    for y in 0..size {
-        let ty = Tap::new(y, scale_y, window.height);
-        let row0 = (window.top + ty.i0) * row_len + window.left * c;
-        let row1 = (window.top + ty.i1) * row_len + window.left * c;
-        let (wy0, wy1) = (1.0 - ty.frac, ty.frac);
-        for (x, tx) in taps.iter().enumerate() {
-            let (wx0, wx1) = (1.0 - tx.frac, tx.frac);
-            let (a, b) = (tx.i0 * c, tx.i1 * c);
-            for ch in 0..c {
-                let p = |i: usize| f32::from(img.pixels[i + ch]);
-                let top = wx0 * p(row0 + a) + wx1 * p(row0 + b);
-                let bottom = wx0 * p(row1 + a) + wx1 * p(row1 + b);
-                out[ch * plane + y * size + x] = (wy0 * top + wy1 * bottom) / 255.0;
+    let w = window.width;
+    line.resize(c * w, 0.0);
+    // along x: each needed row of the window, split into planes of `f32`
+    for r in r0..r1 {
+        let start = (window.top + r) * row_len + window.left * c;
+        let src = &img.pixels[start..start + w * c];
+        deinterleave(src, c, line);
+        for (ch, plane) in line.chunks_exact(w).enumerate() {
+            x.apply(plane, &mut rows[(ch * n_rows + r - r0) * size..][..size]);
+        }
+    }
+    // along y: rows combined, whole rows at a time
+    for ch in 0..c {
+        let rows = &rows[ch * n_rows * size..(ch + 1) * n_rows * size];
+        let row = |i: usize| &rows[(i - r0) * size..][..size];
+        let dst_plane = &mut out[ch * plane..(ch + 1) * plane];
+        for (o, dst) in dst_plane.chunks_exact_mut(size).enumerate() {
+            if y.antialias {
+                let (first, count, offset) = y.spans[o];
+                let weights = &y.weights[offset..offset + count];
+                for (d, v) in dst.iter_mut().zip(row(first)) {
+                    *d = weights[0] * v;
+                }
+                for (k, &w) in weights.iter().enumerate().skip(1) {
+                    for (d, v) in dst.iter_mut().zip(row(first + k)) {
+                        *d += w * v;
+                    }
+                }
+                for d in dst.iter_mut() {
+                    *d /= 255.0;
+                }
+            } else {
+                let (w0, w1) = (y.w0[o], y.w1[o]);
+                let (a, b) = (row(y.i0[o]), row(y.i1[o]));
+                for ((d, a), b) in dst.iter_mut().zip(a).zip(b) {
+                    *d = (w0 * a + w1 * b) / 255.0;
+                }
             }
         }
     }
 }
 
-/// Mirrors every row of planar `data` whose rows are `width` long.
-pub(crate) fn flip_horizontal(data: &mut [f32], width: usize) {
-    if width == 0 {
-        return;
+/// The plain loops that [`resize_window`] must agree with, bit for bit,
+/// where it interpolates.
+#[cfg(test)]
+pub(crate) mod reference {
+    use super::{ImageRef, Tap, Window};
+
+    /// Mirrors every row of planar `data` whose rows are `width` long.
+    #[inline(always)]
+    pub(crate) fn flip_horizontal(data: &mut [f32], width: usize) {
+        if width == 0 {
+            return;
+        }
+        for row in data.chunks_exact_mut(width) {
+            row.reverse();
+        }
     }
-    for row in data.chunks_exact_mut(width) {
-        row.reverse();
+
+    /// Bilinear, output by output: the two horizontal interpolations of
+    /// the rows above and below, then the vertical one, then / 255.
+    pub(crate) fn resize_window(img: ImageRef<'_>, window: Window, size: usize, out: &mut [f32]) {
+        let c = img.channels;
+        let plane = size * size;
+        let scale_y = window.height as f32 / size as f32;
+        let scale_x = window.width as f32 / size as f32;
+        let taps: Vec<Tap> = (0..size)
+            .map(|x| Tap::new(x, scale_x, window.width))
+            .collect();
+        let row_len = img.width * c;
+        for y in 0..size {
+            let ty = Tap::new(y, scale_y, window.height);
+            let row0 = (window.top + ty.i0) * row_len + window.left * c;
+            let row1 = (window.top + ty.i1) * row_len + window.left * c;
+            let (wy0, wy1) = (1.0 - ty.frac, ty.frac);
+            for (x, tx) in taps.iter().enumerate() {
+                let (wx0, wx1) = (1.0 - tx.frac, tx.frac);
+                let (a, b) = (tx.i0 * c, tx.i1 * c);
+                for ch in 0..c {
+                    let p = |i: usize| f32::from(img.pixels[i + ch]);
+                    let top = wx0 * p(row0 + a) + wx1 * p(row0 + b);
+                    let bottom = wx0 * p(row1 + a) + wx1 * p(row1 + b);
+                    out[ch * plane + y * size + x] = (wy0 * top + wy1 * bottom) / 255.0;
+                }
+            }
+        }
     }
 }
 
@@ -194,7 +424,14 @@ mod tests {
             channels: c,
         };
         let mut out = vec![f32::NAN; c * size * size];
-        resize_window(img, window, size, &mut Vec::new(), &mut out);
+        resize_window(
+            img,
+            window,
+            size,
+            false,
+            &mut ResizeScratch::default(),
+            &mut out,
+        );
         out
     }
 
@@ -315,7 +552,137 @@ mod tests {
     #[test]
     fn flip_mirrors_each_row() {
         let mut data = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        flip_horizontal(&mut data, 3);
+        reference::flip_horizontal(&mut data, 3);
         assert_eq!(data, vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
+    }
+
+    /// Random bytes from a splitmix64 stream.
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = crate::splitmix64(state);
+                (state >> 56) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resize_is_bitwise_plain_bilinear_up_to_a_2x_downscale_flipped_or_not() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for (h, w, c, size) in [
+            (28, 28, 1, 28),
+            (40, 30, 3, 32),
+            (375, 500, 3, 224),
+            (9, 7, 3, 16),
+        ] {
+            let pixels = noise(h * w * c, (h * w) as u64);
+            let img = ImageRef {
+                pixels: &pixels,
+                height: h,
+                width: w,
+                channels: c,
+            };
+            for _ in 0..40 {
+                let win = random_crop_window(&mut rng, h, w, [0.08, 1.0], [0.75, 4.0 / 3.0]);
+                if win.height.max(win.width) > 2 * size {
+                    continue;
+                }
+                let mut plain = vec![0f32; c * size * size];
+                reference::resize_window(img, win, size, &mut plain);
+                for flip in [false, true] {
+                    let mut fast = vec![f32::NAN; c * size * size];
+                    resize_window(
+                        img,
+                        win,
+                        size,
+                        flip,
+                        &mut ResizeScratch::default(),
+                        &mut fast,
+                    );
+                    if flip {
+                        reference::flip_horizontal(&mut fast, size);
+                    }
+                    let same = fast
+                        .iter()
+                        .zip(&plain)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{h}×{w}×{c} → {size}, {win:?}, flip {flip}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn downscaling_more_than_2x_is_antialiased_as_torchvision() {
+        // torch.nn.functional.interpolate(x, size=(1, n), mode="bilinear",
+        // antialias=True, align_corners=False), torch 2.15:
+        //   x = [0, 10, ..., 70]          -> n = 2: [18.9286, 51.0714]
+        //   x = [0, 255] * 10 (20 values) -> n = 7: [125.0, 118.5526,
+        //       131.9737, 127.5, 123.0263, 136.4474, 130.0]
+        let ramp: Vec<u8> = (0..8).map(|i| i * 10).collect();
+        let out = resize(&ramp, 1, 8, 1, Window::full(1, 8), 2);
+        for (a, b) in out[..2].iter().zip([18.9286, 51.0714]) {
+            assert!((a * 255.0 - b).abs() < 1e-3, "{out:?}");
+        }
+        let stripes: Vec<u8> = (0..20).map(|i| if i % 2 == 0 { 0 } else { 255 }).collect();
+        let out = resize(&stripes, 1, 20, 1, Window::full(1, 20), 7);
+        let expected = [125.0, 118.5526, 131.9737, 127.5, 123.0263, 136.4474, 130.0];
+        for (a, b) in out[..7].iter().zip(expected) {
+            assert!((a * 255.0 - b).abs() < 1e-3, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn a_checkerboard_downscaled_4x_comes_out_mid_grey_not_aliased() {
+        let board: Vec<u8> = (0..96 * 96)
+            .map(|i| if (i % 96 + i / 96) % 2 == 0 { 0 } else { 255 })
+            .collect();
+        let antialiased = resize(&board, 96, 96, 1, Window::full(96, 96), 24);
+        let worst = antialiased
+            .iter()
+            .map(|v| (v - 0.5).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 0.05, "{worst}");
+        // plain bilinear at 96 → 23 (4.2×) samples the squares and aliases
+        let mut plain = vec![0f32; 23 * 23];
+        let img = ImageRef {
+            pixels: &board,
+            height: 96,
+            width: 96,
+            channels: 1,
+        };
+        reference::resize_window(img, Window::full(96, 96), 23, &mut plain);
+        let worst = plain.iter().map(|v| (v - 0.5).abs()).fold(0.0, f32::max);
+        assert!(worst > 0.3, "{worst}");
+        let antialiased = resize(&board, 96, 96, 1, Window::full(96, 96), 23);
+        let worst = antialiased
+            .iter()
+            .map(|v| (v - 0.5).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 0.05, "{worst}");
+    }
+
+    #[test]
+    fn antialiased_resizing_keeps_a_constant_image_and_reads_only_the_window() {
+        let mut pixels = vec![255u8; 100 * 100 * 3];
+        for y in 10..90 {
+            for x in 20..80 {
+                for c in 0..3 {
+                    pixels[(y * 100 + x) * 3 + c] = 40 + 20 * c as u8;
+                }
+            }
+        }
+        let win = Window {
+            top: 10,
+            left: 20,
+            height: 80,
+            width: 60,
+        };
+        let out = resize(&pixels, 100, 100, 3, win, 7);
+        for (i, v) in out.iter().enumerate() {
+            let expected = f32::from(40 + 20 * (i / 49) as u8) / 255.0;
+            assert!((v - expected).abs() < 1e-6, "{i}: {v}");
+        }
     }
 }
