@@ -5,13 +5,15 @@
 //! Everything random is a pure function of the run seed, the epoch and the
 //! step — the epoch's shuffle, each batch's augmentation seed — so a run
 //! resumed at step k sees exactly the batches an uninterrupted run sees from
-//! step k on. Memory: at most `prefetch + 2` batches of views and one batch
-//! of decoded images exist at a time, whatever the dataset's size.
+//! step k on. Memory: at most `prefetch + 2` batches of views (the
+//! channel's `prefetch`, the one the producer is making or waiting to send,
+//! and the one the consumer holds) and one decoded image per rayon thread
+//! exist at a time, whatever the dataset's size.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
-use byol_augment::{AugmentConfig, two_views};
+use byol_augment::{AugmentConfig, two_views, two_views_with};
 use byol_data::{Dataset, Image, OnCorrupt};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -71,7 +73,14 @@ pub fn batch_seed(seed: u64, epoch: usize, step: usize) -> u64 {
     mix(seed, epoch as u64, step as u64 + 1)
 }
 
-/// Makes the batch of `step`, decoding its images in parallel.
+/// Makes the batch of `step`: each image decoded and both its views made in
+/// one rayon task ([`two_views_with`]), so that decoding and augmenting
+/// overlap and only one decoded image per thread is held.
+///
+/// The views are those of [`two_views`] over the batch's readable images.
+/// When some image cannot be read and `on_corrupt` is `Skip`, the others
+/// are decoded again and augmented as the batch they form (rare: the
+/// pre-scan of an image folder drops the files whose header is bad).
 ///
 /// # Errors
 ///
@@ -88,22 +97,49 @@ pub fn make_batch(
     let epoch = step / plan.steps_per_epoch + 1;
     let k = step % plan.steps_per_epoch;
     let indices = &order[k * plan.batch_size..(k + 1) * plan.batch_size];
+    let seed = batch_seed(plan.seed, epoch, step);
+    let loaded = two_views_with(indices.len(), dataset.channels(), augment, seed, |j| {
+        dataset.image(indices[j])
+    });
+    let (good, view1, view2, skipped) = match loaded.failed.into_iter().next() {
+        None => (indices.to_vec(), loaded.view1, loaded.view2, Vec::new()),
+        Some((_, e)) if on_corrupt == OnCorrupt::Fail => return Err(e.into()),
+        Some(_) => skip_bad(dataset, indices, augment, seed, step)?,
+    };
+    let labels = good.iter().map(|&i| dataset.label(i)).collect();
+    Ok(Batch {
+        step,
+        epoch,
+        len: good.len(),
+        view1,
+        view2,
+        labels,
+        skipped,
+    })
+}
+
+/// The readable images of `indices`, their views (as [`two_views`] of
+/// those images alone) and the unreadable ones with the reason.
+#[allow(clippy::type_complexity)]
+fn skip_bad(
+    dataset: &dyn Dataset,
+    indices: &[usize],
+    augment: &AugmentConfig,
+    seed: u64,
+    step: usize,
+) -> Result<(Vec<usize>, Vec<f32>, Vec<f32>, Vec<(String, String)>), TrainError> {
     let decoded: Vec<(usize, Result<Image, byol_data::DataError>)> =
         indices.par_iter().map(|&i| (i, dataset.image(i))).collect();
+    let mut good = Vec::with_capacity(decoded.len());
     let mut images = Vec::with_capacity(decoded.len());
-    let mut labels = Some(Vec::with_capacity(decoded.len()));
     let mut skipped = Vec::new();
     for (i, result) in decoded {
-        match (result, on_corrupt) {
-            (Ok(image), _) => {
+        match result {
+            Ok(image) => {
+                good.push(i);
                 images.push(image);
-                labels = labels.and_then(|mut l| {
-                    l.push(dataset.label(i)?);
-                    Some(l)
-                });
             }
-            (Err(e), OnCorrupt::Fail) => return Err(e.into()),
-            (Err(e), OnCorrupt::Skip) => skipped.push((dataset.name(i), e.to_string())),
+            Err(e) => skipped.push((dataset.name(i), e.to_string())),
         }
     }
     if images.len() < 2 {
@@ -113,16 +149,8 @@ pub fn make_batch(
         )));
     }
     let refs: Vec<_> = images.iter().map(Image::as_ref).collect();
-    let (view1, view2) = two_views(&refs, augment, batch_seed(plan.seed, epoch, step));
-    Ok(Batch {
-        step,
-        epoch,
-        len: images.len(),
-        view1,
-        view2,
-        labels,
-        skipped,
-    })
+    let (view1, view2) = two_views(&refs, augment, seed);
+    Ok((good, view1, view2, skipped))
 }
 
 /// Produces the batches of `plan` from `start_step` into `tx` until the
@@ -284,5 +312,110 @@ mod tests {
             l.next_batch().expect("ok").map(|b| b.step)
         });
         assert_eq!(first, Some(0));
+    }
+
+    /// `inner`, with image `bad` unreadable and every `image` call counted.
+    struct Flaky {
+        inner: IdxDataset,
+        bad: Option<usize>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Dataset for Flaky {
+        fn len(&self) -> usize {
+            self.inner.len()
+        }
+        fn channels(&self) -> usize {
+            self.inner.channels()
+        }
+        fn image(&self, index: usize) -> Result<Image, byol_data::DataError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if Some(index) == self.bad {
+                return Err(byol_data::DataError::Decode {
+                    path: "bad.png".into(),
+                    reason: "cut short".into(),
+                });
+            }
+            self.inner.image(index)
+        }
+        fn label(&self, index: usize) -> Option<u32> {
+            self.inner.label(index)
+        }
+        fn num_classes(&self) -> Option<usize> {
+            None
+        }
+        fn class_names(&self) -> Option<Vec<String>> {
+            None
+        }
+        fn name(&self, index: usize) -> String {
+            format!("#{index}")
+        }
+    }
+
+    fn flaky(n: usize, bad: Option<usize>) -> Flaky {
+        Flaky {
+            inner: dataset(n),
+            bad,
+            calls: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn a_batch_holds_the_two_views_of_its_images_with_or_without_a_bad_one() {
+        let aug = AugmentConfig {
+            size: 8,
+            ..AugmentConfig::default()
+        };
+        let order: Vec<usize> = (0..20).rev().collect();
+        let p = plan(0);
+        let views_of = |ds: &dyn Dataset, indices: &[usize], step| {
+            let images: Vec<Image> = indices
+                .iter()
+                .map(|&i| ds.image(i).expect("readable"))
+                .collect();
+            let refs: Vec<_> = images.iter().map(Image::as_ref).collect();
+            two_views(&refs, &aug, batch_seed(p.seed, 1, step))
+        };
+        let ds = flaky(20, None);
+        let batch = make_batch(&ds, &order, &p, 1, &aug, OnCorrupt::Fail).expect("no bad image");
+        assert_eq!((batch.view1, batch.view2), views_of(&ds, &order[4..8], 1));
+        assert!(batch.skipped.is_empty() && batch.len == 4);
+        // sample 13 (the third of step 1: samples 15, 14, 13, 12) is unreadable
+        let ds = flaky(20, Some(13));
+        let err = make_batch(&ds, &order, &p, 1, &aug, OnCorrupt::Fail).expect_err("fails");
+        assert!(err.to_string().contains("cut short"), "{err}");
+        let batch = make_batch(&ds, &order, &p, 1, &aug, OnCorrupt::Skip).expect("skips");
+        assert_eq!(batch.len, 3);
+        assert_eq!(batch.skipped, vec![("#13".to_string(), err.to_string())]);
+        assert_eq!((batch.view1, batch.view2), views_of(&ds, &[15, 14, 12], 1));
+    }
+
+    #[test]
+    fn the_producer_stays_at_most_prefetch_plus_two_batches_ahead() {
+        let aug = AugmentConfig {
+            size: 8,
+            ..AugmentConfig::default()
+        };
+        let ds = flaky(21, None);
+        for prefetch in [1, 3] {
+            ds.calls.store(0, std::sync::atomic::Ordering::SeqCst);
+            let made = with_loader(&ds, plan(0), &aug, OnCorrupt::Fail, prefetch, |l| {
+                let first = l.next_batch().expect("ok").expect("a batch");
+                // the producer fills the channel, makes one more and waits
+                std::thread::sleep(Duration::from_millis(300));
+                let made = ds.calls.load(std::sync::atomic::Ordering::SeqCst);
+                drop(first);
+                made
+            });
+            // the consumer's batch, `prefetch` in the channel, one waiting
+            assert!(
+                made <= (prefetch + 2) * 4,
+                "prefetch {prefetch}: {made} images"
+            );
+            assert!(
+                made > 4,
+                "prefetch {prefetch}: the producer made nothing ahead"
+            );
+        }
     }
 }
