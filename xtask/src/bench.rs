@@ -16,6 +16,7 @@ use clap::{Subcommand, ValueEnum};
 use crate::backend::{self, Task};
 
 mod kernels;
+mod photos;
 
 use kernels::{StepBenchConfig, StepBenchResult, bench_data, bench_step, peak_rss_mib};
 
@@ -82,12 +83,29 @@ pub struct DataArgs {
     /// IDX folder the images come from (its train split).
     #[arg(long, default_value = "../shared/data/fashion-mnist")]
     data: PathBuf,
-    /// Images per batch.
-    #[arg(long, default_value_t = 256)]
-    batch: usize,
-    /// Batches timed per setting.
-    #[arg(long, default_value_t = 20)]
-    batches: usize,
+    /// Side of the views in pixels. 28: the Fashion-MNIST bench (a PNG
+    /// folder and memory, and the loader's memory at 10k and 100k files).
+    /// Any other side: JPEG photos of ImageNet size made into the views of
+    /// configs/imagenet-resnet50.toml at that side, at 1 and 2 threads.
+    #[arg(long, default_value_t = 28)]
+    size: usize,
+    /// Images per batch [default: 256 at 28 px, else 64].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Batches timed per setting [default: 20 at 28 px, else 12].
+    #[arg(long)]
+    batches: Option<usize>,
+    /// Photos written for a side other than 28.
+    #[arg(long, default_value_t = 300)]
+    photos: usize,
+    /// With a side other than 28: also time PIL + torchvision on the same
+    /// files (bench/torch_data.py, needs torch and torchvision: `--python`,
+    /// else $BYOL_PYTHON, else `python3`).
+    #[arg(long)]
+    peer: bool,
+    /// Python interpreter for `--peer`.
+    #[arg(long)]
+    python: Option<PathBuf>,
     /// Do not append the table to docs/results.md.
     #[arg(long)]
     no_record: bool,
@@ -95,9 +113,27 @@ pub struct DataArgs {
     /// print this process's peak memory.
     #[arg(long, hide = true)]
     probe_memory: Option<usize>,
-    /// Internal: the PNG folder of `--probe-memory`.
+    /// Internal: batches the probe runs [default: one epoch].
+    #[arg(long, hide = true)]
+    probe_batches: Option<usize>,
+    /// Internal: the image folder of `--probe-memory`.
     #[arg(long, hide = true)]
     folder: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// Whether this is the 28-px Fashion-MNIST bench.
+    fn fashion(&self) -> bool {
+        self.size == 28
+    }
+
+    fn batch(&self) -> usize {
+        self.batch.unwrap_or(if self.fashion() { 256 } else { 64 })
+    }
+
+    fn batches(&self) -> usize {
+        self.batches.unwrap_or(if self.fashion() { 20 } else { 12 })
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -237,12 +273,16 @@ struct Peer {
     torch: String,
 }
 
-fn run_peer(args: &StepArgs, threads: usize) -> Result<Vec<Peer>> {
-    let python = args
-        .python
-        .clone()
+/// The Python of a peer: `explicit`, else $BYOL_PYTHON, else `python3`.
+fn peer_python(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("BYOL_PYTHON").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("python3"));
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+fn run_peer(args: &StepArgs, threads: usize) -> Result<Vec<Peer>> {
+    let python = peer_python(args.python.as_deref());
     let model = match args.model {
         StepModel::Small => "small",
         StepModel::Resnet18Cifar => "resnet18-cifar",
@@ -352,57 +392,112 @@ fn write_pngs(source: &IdxDataset, n: usize, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn data(args: DataArgs) -> Result<()> {
-    let augment = RunConfig::load(Some(Path::new("configs/default.toml")), &[])?.augment;
-    if let Some(n) = args.probe_memory {
-        // child process: the loader over n images of the folder, one epoch
-        let folder = args.folder.context("--probe-memory needs --folder")?;
-        let ds = FolderDataset::open(&folder, Split::Train, &OpenOptions::default())?;
-        let ds = Subset::first(ds, n);
-        let aug = byol_augment::AugmentConfig {
-            mean: vec![0.5],
-            std: vec![0.5],
-            ..augment
-        };
-        let batches = ds.len() / args.batch;
-        let plan = byol_train::loader::Plan {
-            seed: 0,
-            batch_size: args.batch,
-            steps_per_epoch: batches,
-            total_steps: batches,
-            start_step: 0,
-        };
-        let seen = byol_train::loader::with_loader(
-            &ds,
-            plan,
-            &aug,
-            byol_data::OnCorrupt::Fail,
-            2,
-            |l| -> Result<usize> {
-                let mut seen = 0;
-                while let Some(b) = l.next_batch()? {
-                    seen += b.len;
-                }
-                Ok(seen)
-            },
-        )?;
-        println!(
-            "{{\"images\": {seen}, \"peak_rss_mib\": {}}}",
-            peak_rss_mib().unwrap_or(f64::NAN)
-        );
-        return Ok(());
+/// The augmentation of the bench at `size`: the default CPU recipe's at 28
+/// px (normalised with 0.5 / 0.5 when `rgb`), else the ImageNet recipe's at
+/// `size`.
+fn bench_augment(size: usize, rgb: bool) -> Result<byol_augment::AugmentConfig> {
+    if size == 28 {
+        let augment = RunConfig::load(Some(Path::new("configs/default.toml")), &[])?.augment;
+        return Ok(if rgb {
+            byol_augment::AugmentConfig {
+                mean: vec![0.5],
+                std: vec![0.5],
+                ..augment
+            }
+        } else {
+            augment
+        });
     }
+    photos::augment(size)
+}
+
+/// Child process: the loader (2 batches prefetched) over the first `n`
+/// images of `--folder` for `--probe-batches` batches (one epoch by
+/// default); prints the images seen and this process's peak memory.
+fn probe_memory(args: &DataArgs, n: usize) -> Result<()> {
+    let folder = args
+        .folder
+        .as_ref()
+        .context("--probe-memory needs --folder")?;
+    let ds = FolderDataset::open(folder, Split::Train, &OpenOptions::default())?;
+    let ds = Subset::first(ds, n);
+    let aug = bench_augment(args.size, true)?;
+    let batch = args.batch();
+    let steps_per_epoch = ds.len() / batch;
+    let plan = byol_train::loader::Plan {
+        seed: 0,
+        batch_size: batch,
+        steps_per_epoch,
+        total_steps: args.probe_batches.unwrap_or(steps_per_epoch),
+        start_step: 0,
+    };
+    let seen = byol_train::loader::with_loader(
+        &ds,
+        plan,
+        &aug,
+        byol_data::OnCorrupt::Fail,
+        PROBE_PREFETCH,
+        |l| -> Result<usize> {
+            let mut seen = 0;
+            while let Some(b) = l.next_batch()? {
+                seen += b.len;
+            }
+            Ok(seen)
+        },
+    )?;
+    println!(
+        "{{\"images\": {seen}, \"peak_rss_mib\": {}}}",
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
+/// Batches the memory probe's loader prefetches.
+const PROBE_PREFETCH: usize = 2;
+
+/// Runs this binary's memory probe over `n` images of `folder` and returns
+/// its peak RSS in MiB.
+fn run_probe(folder: &Path, n: usize, args: &DataArgs, batches: Option<usize>) -> Result<f64> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(&exe);
+    cmd.args(["bench", "data", "--probe-memory", &n.to_string()])
+        .arg("--folder")
+        .arg(folder)
+        .args(["--batch", &args.batch().to_string()])
+        .args(["--size", &args.size.to_string()]);
+    if let Some(b) = batches {
+        cmd.args(["--probe-batches", &b.to_string()]);
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!(
+            "memory probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN))
+}
+
+fn data(args: DataArgs) -> Result<()> {
+    if let Some(n) = args.probe_memory {
+        return probe_memory(&args, n);
+    }
+    if !args.fashion() {
+        return photos::bench(&args);
+    }
+    if args.peer {
+        bail!("--peer times the JPEG bench: give a --size other than 28 (e.g. --size 224)");
+    }
+    let augment = bench_augment(28, false)?;
+    let (batch, batches) = (args.batch(), args.batches());
     let source = IdxDataset::load_dir(&args.data, Split::Train)
         .with_context(|| format!("reading {}", args.data.display()))?;
     let tmp = tempfile::tempdir()?;
     let folder = tmp.path().join("pngs");
     eprintln!("writing 100,000 PNG files to {} ...", folder.display());
     write_pngs(&source, 100_000, &folder)?;
-    let rgb_aug = byol_augment::AugmentConfig {
-        mean: vec![0.5],
-        std: vec![0.5],
-        ..augment.clone()
-    };
+    let rgb_aug = bench_augment(28, true)?;
     let pngs = Subset::first(
         FolderDataset::open(&folder, Split::Train, &OpenOptions::default())?,
         10_000,
@@ -416,34 +511,17 @@ fn data(args: DataArgs) -> Result<()> {
     ];
     for (name, ds, aug) in sources {
         for threads in [1, 2] {
-            let ips = bench_data(ds, aug, args.batch, args.batches, threads)?;
+            let ips = bench_data(ds, aug, batch, batches, threads)?;
             table.push_str(&format!(
-                "| {name} | {threads} | {} | {} | {ips:.0} |\n",
-                args.batch,
-                args.batch * args.batches
+                "| {name} | {threads} | {batch} | {} | {ips:.0} |\n",
+                batch * batches
             ));
         }
     }
     table.push_str("\n| loader over a PNG folder of | peak RSS of the process MiB |\n|---|---|\n");
-    let exe = std::env::current_exe()?;
     for n in [10_000usize, 100_000] {
-        let out = Command::new(&exe)
-            .args(["bench", "data", "--probe-memory", &n.to_string()])
-            .arg("--folder")
-            .arg(&folder)
-            .args(["--batch", &args.batch.to_string()])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "memory probe failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        table.push_str(&format!(
-            "| {n} images | {:.0} |\n",
-            v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
-        ));
+        let rss = run_probe(&folder, n, &args, None)?;
+        table.push_str(&format!("| {n} images | {rss:.0} |\n"));
     }
     print!("{table}");
     if !args.no_record {
@@ -518,4 +596,44 @@ fn epoch(args: EpochArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    }
+
+    fn data_args(args: &[&str]) -> DataArgs {
+        let argv = ["xtask", "data"].iter().chain(args);
+        match Cli::try_parse_from(argv)
+            .expect("the arguments parse")
+            .bench
+        {
+            BenchCommand::Data(a) => a,
+            other => panic!("not bench data: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_data_defaults_to_the_28_px_bench_and_takes_a_size_and_a_peer() {
+        let plain = data_args(&[]);
+        assert!(plain.fashion() && !plain.peer);
+        assert_eq!((plain.size, plain.batch(), plain.batches()), (28, 256, 20));
+        let photos = data_args(&["--size", "224", "--peer", "--photos", "50"]);
+        assert!(!photos.fashion() && photos.peer);
+        assert_eq!(
+            (photos.size, photos.batch(), photos.batches()),
+            (224, 64, 12)
+        );
+        assert_eq!(photos.photos, 50);
+        let set = data_args(&["--size", "96", "--batch", "32", "--batches", "3"]);
+        assert_eq!((set.batch(), set.batches()), (32, 3));
+        assert!(Cli::try_parse_from(["xtask", "data", "--size", "big"]).is_err());
+    }
 }
