@@ -166,6 +166,7 @@ pub fn run<T: Task>(device: &str, task: T) -> Result<T::Output> {
 /// Which wgpu adapter to open (named apart from burn's `WgpuDevice`, so
 /// that a build without the feature still parses `--device wgpu`).
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))] // read only with the feature
 enum WgpuChoice {
     Default,
     Discrete(usize),
