@@ -7,10 +7,9 @@
 //!
 //! Every view goes through, in torchvision's order: random resized crop
 //! (bilinear, pixel-centre aligned, antialiased where a side shrinks more
-//! than 2×), horizontal flip, colour
-//! jitter (its four parts in a random order), grayscale, gaussian blur,
-//! solarisation, then normalisation `(x - mean) / std`. Values are in
-//! `[0, 1]` until the normalisation. Probabilities and ranges are in
+//! than 2×), horizontal flip, colour jitter (its four parts in a random
+//! order), grayscale, gaussian blur, solarisation, then normalisation
+//! `(x - mean) / std`. Values are in `[0, 1]` until the normalisation. Probabilities and ranges are in
 //! [`ViewConfig`]; [`ViewConfig::view1`] and [`ViewConfig::view2`] are the
 //! paper's two views.
 //!
