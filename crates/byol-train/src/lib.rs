@@ -18,6 +18,7 @@ pub mod loader;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod parity;
 pub mod progress;
 pub mod run;
 pub mod schedule;

@@ -12,15 +12,15 @@ use std::path::Path;
 
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Autodiff, Flex, Wgpu};
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
+use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use byol_data::{Dataset, IdxDataset, Split};
 use byol_eval::{EvalTransform, extract_features};
-use byol_model::{Byol, ForwardOptions, HeadsConfig, ResNet, ResNetConfig};
+use byol_model::{Byol, HeadsConfig, ResNet, ResNetConfig};
 use byol_train::checkpoint::{load_module, save_module};
-use byol_train::{PretrainOptions, RunConfig, byol_loss};
+use byol_train::parity::{ParitySetup, step_parity};
+use byol_train::{PretrainOptions, RunConfig};
 
 type F = Autodiff<Flex>;
 type W = Autodiff<Wgpu>;
@@ -79,104 +79,17 @@ where
     load_module::<B2, _>(skeleton, &path, device).expect("loaded")
 }
 
-/// Deterministic views in [-1, 1], `[n, 1, 28, 28]`, on the host.
-fn views(n: usize, salt: u64) -> Vec<f32> {
-    let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ salt;
-    (0..n * 28 * 28)
-        .map(|_| {
-            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn upload<B: Backend>(v: &[f32], n: usize, device: &B::Device) -> Tensor<B, 4> {
-    Tensor::<B, 1>::from_floats(v, device).reshape([n, 1, 28, 28])
-}
-
-/// Every parameter's gradient, in the module's visiting order.
-struct Grads<'a, B: AutodiffBackend> {
-    grads: &'a GradientsParams,
-    out: Vec<(String, Vec<f32>)>,
-    _b: std::marker::PhantomData<B>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let dims = format!("{:?}", g.dims());
-            self.out
-                .push((dims, g.into_data().convert::<f32>().to_vec().expect("f32")));
-        }
-    }
-}
-
-/// The loss and every gradient of one BYOL forward and backward.
-fn loss_and_grads<B: AutodiffBackend>(
-    model: &Byol<B, ResNet<B>>,
-    v1: Tensor<B, 4>,
-    v2: Tensor<B, 4>,
-) -> (f32, Vec<(String, Vec<f32>)>)
-where
-    Byol<B, ResNet<B>>: AutodiffModule<B>,
-{
-    let out = model.forward_with(v1, v2, ForwardOptions::default());
-    let loss = byol_loss(out.p1, out.p2, out.z1, out.z2);
-    let value: f32 = loss.clone().into_scalar().elem();
-    let grads = GradientsParams::from_grads(loss.backward(), model);
-    let mut visitor = Grads::<B> {
-        grads: &grads,
-        out: Vec::new(),
-        _b: std::marker::PhantomData,
-    };
-    model.visit(&mut visitor);
-    (value, visitor.out)
-}
-
-fn norm(a: &[f32]) -> f64 {
-    a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()
-}
-
-/// ‖a − b‖ / max(‖a‖, floor).
-fn relative(a: &[f32], b: &[f32], floor: f64) -> f64 {
-    let diff: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
-    norm(&diff) / norm(a).max(floor)
-}
-
 #[test]
 fn one_step_on_wgpu_has_the_loss_and_gradients_of_flex() {
     let Some(gpu) = lavapipe() else { return };
-    let cpu = Default::default();
-    let on_flex = pair::<F>(&cpu, 7);
-    let on_wgpu = carried::<_, _, F, W>(on_flex.clone(), pair::<W>(&gpu, 99), &gpu);
-    let n = 16;
-    let (a, b) = (views(n, 1), views(n, 2));
-    let (loss_f, grads_f) = loss_and_grads(&on_flex, upload(&a, n, &cpu), upload(&b, n, &cpu));
-    let (loss_w, grads_w) = loss_and_grads(&on_wgpu, upload(&a, n, &gpu), upload(&b, n, &gpu));
+    let report =
+        step_parity::<F, W>(&Default::default(), &gpu, &ParitySetup::small()).expect("compared");
     assert!(
-        (f64::from(loss_f - loss_w) / f64::from(loss_f)).abs() < 1e-3,
-        "loss: flex {loss_f}, wgpu {loss_w}"
+        report.parameters > 20,
+        "only {} gradients",
+        report.parameters
     );
-    assert_eq!(
-        grads_f.len(),
-        grads_w.len(),
-        "the same parameters have gradients"
-    );
-    assert!(grads_f.len() > 20, "only {} gradients", grads_f.len());
-    // a bias followed by BatchNorm (the heads' first layers) has a zero
-    // gradient in exact arithmetic, and rounding noise on both backends:
-    // such a tensor is compared against the scale of the largest gradient
-    let floor = 1e-4 * grads_f.iter().map(|(_, g)| norm(g)).fold(0.0, f64::max);
-    for (i, ((dims_f, gf), (dims_w, gw))) in grads_f.iter().zip(&grads_w).enumerate() {
-        assert_eq!(dims_f, dims_w, "parameter {i}");
-        let r = relative(gf, gw, floor);
-        assert!(
-            r < 1e-3,
-            "parameter {i} {dims_f}: gradients differ by {r:.2e} (relative; norms {:.3e} / {:.3e})",
-            norm(gf),
-            norm(gw)
-        );
-    }
+    assert!(report.within(1e-3), "{report:?}");
 }
 
 #[test]
