@@ -18,6 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod backend;
 mod bench;
+mod check_step;
 mod dry_run;
 mod embed;
 mod eval;
@@ -48,6 +49,8 @@ enum Command {
     Preview(plot::PreviewArgs),
     /// A PNG grid of test images and their nearest training images, under the encoder and raw pixels.
     Neighbours(plot::NeighboursArgs),
+    /// One BYOL step on a device and on the CPU from the same weights: loss and gradients compared.
+    CheckStep(check_step::CheckStepArgs),
     /// Benchmarks (figures go in docs/results.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -110,6 +113,7 @@ fn main() -> Result<()> {
         Command::Plot(args) => plot::plot(args),
         Command::Preview(args) => plot::preview(args),
         Command::Neighbours(args) => plot::neighbours(args),
+        Command::CheckStep(args) => check_step::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
