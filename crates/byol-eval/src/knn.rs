@@ -124,12 +124,14 @@ pub fn knn_classify<B: Backend>(
     }
     let n_classes = *bank_labels.iter().chain(query_labels).max().unwrap_or(&0) as usize + 1;
     let k = config.k.min(n_bank);
+    let selection = TopK::for_device::<B>(&bank.device());
     // [n_bank, dim] -> [dim, n_bank], unit rows
     let bank_t = l2_normalize(bank).transpose();
     let queries = l2_normalize(queries);
 
     let (mut hits1, mut hits5) = (0usize, 0usize);
     let chunk = (1 << 22) / n_bank.max(1) + 1;
+    let mut scores = vec![0f64; n_classes];
     let mut start = 0;
     while start < n_queries {
         let end = (start + chunk).min(n_queries);
@@ -138,22 +140,12 @@ pub fn knn_classify<B: Backend>(
             .clone()
             .narrow(0, start, end - start)
             .matmul(bank_t.clone());
-        let sim: Vec<f32> = sim
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| EvalError::Data(format!("{e:?}")))?;
-        let mut idx: Vec<usize> = Vec::with_capacity(n_bank);
-        let mut scores = vec![0f64; n_classes];
-        for (row, label) in sim.chunks_exact(n_bank).zip(&query_labels[start..end]) {
-            idx.clear();
-            idx.extend(0..n_bank);
-            if k < n_bank {
-                idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
-            }
+        let nearest = selection.nearest(sim, k)?;
+        for (row, label) in nearest.chunks_exact(k).zip(&query_labels[start..end]) {
             scores.iter_mut().for_each(|s| *s = 0.0);
-            for &j in &idx[..k] {
+            for &(similarity, j) in row {
                 scores[bank_labels[j] as usize] +=
-                    (f64::from(row[j]) / f64::from(config.temperature)).exp();
+                    (f64::from(similarity) / f64::from(config.temperature)).exp();
             }
             let right = scores[*label as usize];
             // classes strictly better than the right one; ties count against it
@@ -171,6 +163,94 @@ pub fn knn_classify<B: Backend>(
         top1: hits1 as f64 / n_queries as f64,
         top5: hits5 as f64 / n_queries as f64,
     })
+}
+
+/// Where the `k` nearest bank rows of each query are picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopK {
+    /// The similarities are read back and selected on the host
+    /// (`select_nth`, O(bank) a query): for backends in host memory, where
+    /// reading back is a copy.
+    Host,
+    /// `k` rounds of a row-wise arg-max on the device, each masking the
+    /// row it found; only `[rows, k]` similarities and indices come back.
+    /// burn's own `topk` sorts on the host on the GPU backends of 0.21
+    /// (`burn_backend::ops::sort`), reading the whole matrix back.
+    Device,
+}
+
+impl TopK {
+    /// [`TopK::Host`] for burn's CPU backends (`flex`, `ndarray`), whose
+    /// tensors are host memory, else [`TopK::Device`].
+    pub fn for_device<B: Backend>(device: &B::Device) -> Self {
+        let name = B::name(device).to_lowercase();
+        if name.contains("flex") || name.contains("ndarray") {
+            Self::Host
+        } else {
+            Self::Device
+        }
+    }
+
+    /// The `k` largest `(similarity, bank row)` of each row of `sim`
+    /// (`[rows, n_bank]`, `k ≤ n_bank`), `rows × k` of them, row after row,
+    /// in no particular order within a row.
+    ///
+    /// # Errors
+    ///
+    /// [`EvalError::Data`] when the tensors cannot be read back.
+    pub fn nearest<B: Backend>(
+        self,
+        sim: Tensor<B, 2>,
+        k: usize,
+    ) -> Result<Vec<(f32, usize)>, EvalError> {
+        let [rows, n] = sim.dims();
+        let read = |e| EvalError::Data(format!("{e:?}"));
+        match self {
+            Self::Host => {
+                let sim: Vec<f32> = sim.into_data().to_vec::<f32>().map_err(read)?;
+                let mut out = Vec::with_capacity(rows * k);
+                let mut idx: Vec<usize> = Vec::with_capacity(n);
+                for row in sim.chunks_exact(n) {
+                    idx.clear();
+                    idx.extend(0..n);
+                    if k < n {
+                        idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+                    }
+                    out.extend(idx[..k].iter().map(|&j| (row[j], j)));
+                }
+                Ok(out)
+            }
+            Self::Device => {
+                let device = sim.device();
+                let columns = Tensor::<B, 1, Int>::arange(0..n as i64, &device)
+                    .reshape([1, n])
+                    .expand([rows, n]);
+                let (mut values, mut indices) = (Vec::with_capacity(k), Vec::with_capacity(k));
+                let mut sim = sim;
+                for _ in 0..k {
+                    let (v, i) = sim.clone().max_dim_with_indices(1);
+                    let found = columns.clone().equal(i.clone().expand([rows, n]));
+                    sim = sim.mask_fill(found, f32::NEG_INFINITY);
+                    values.push(v);
+                    indices.push(i);
+                }
+                let values: Vec<f32> = Tensor::cat(values, 1)
+                    .into_data()
+                    .to_vec::<f32>()
+                    .map_err(read)?;
+                let indices: Vec<i64> = Tensor::cat(indices, 1)
+                    .into_data()
+                    .convert::<i64>()
+                    .to_vec::<i64>()
+                    .map_err(read)?;
+                Ok(values
+                    .into_iter()
+                    .zip(indices)
+                    .map(|(v, j)| (v, usize::try_from(j).unwrap_or(usize::MAX)))
+                    .collect())
+            }
+        }
+    }
 }
 
 /// Rows divided by their L2 norm (rows of zeros stay zero).
@@ -244,6 +324,35 @@ mod tests {
         .expect("valid");
         assert_eq!(flat.top1, 0.0);
         assert_eq!(flat.top5, 1.0);
+    }
+
+    #[test]
+    fn the_device_selection_finds_the_host_selections_neighbours() {
+        // distinct similarities: both must pick the same k rows of each
+        let (rows, n, k) = (7, 50, 5);
+        let values: Vec<f32> = (0..rows * n)
+            .map(|i| ((i * 7919 % 1000) as f32 / 1000.0) - 0.5)
+            .collect();
+        let sim =
+            Tensor::<B, 1>::from_floats(values.as_slice(), &Default::default()).reshape([rows, n]);
+        let sorted = |mut v: Vec<(f32, usize)>| {
+            for row in v.chunks_mut(k) {
+                row.sort_by_key(|&(_, j)| j);
+            }
+            v
+        };
+        let host = sorted(TopK::Host.nearest(sim.clone(), k).expect("host"));
+        let device = sorted(TopK::Device.nearest(sim, k).expect("device"));
+        assert_eq!(host.len(), rows * k);
+        assert_eq!(host, device);
+        // and they are the largest of each row
+        for (r, row) in host.chunks(k).enumerate() {
+            let mut all: Vec<f32> = values[r * n..(r + 1) * n].to_vec();
+            all.sort_by(|a, b| b.total_cmp(a));
+            let least = row.iter().map(|p| p.0).fold(f32::INFINITY, f32::min);
+            assert_eq!(least, all[k - 1], "row {r}");
+        }
+        assert_eq!(TopK::for_device::<B>(&Default::default()), TopK::Host);
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub use features::{
     extract_features, extract_features_unless, for_each_feature_batch, labels, pixel_features,
     sample_count,
 };
-pub use knn::{DEFAULT_BANK_SIZE, KnnAccuracy, KnnConfig, knn_classify};
+pub use knn::{DEFAULT_BANK_SIZE, KnnAccuracy, KnnConfig, TopK, knn_classify};
 pub use monitor::{KnnData, KnnMonitorSettings, RAW_PIXELS_MAX_VALUES, balanced_subset, knn_eval};
 pub use probe::{ProbeConfig, ProbeOptimizer, ProbeResult, linear_probe, logit_accuracy};
 
