@@ -8,12 +8,14 @@ Same models, same step, same batch and thread count as
 - both views through the online network (encoder -> projector -> predictor)
   with backward, both views through the target network (encoder ->
   projector) under no_grad in train mode (batch statistics), the symmetric
-  loss 2 - 2 cos, one Adam step (eps 1e-8, weight decay 1e-6) and the EMA
+  loss (2 - 2 cos, the paper's sum over both directions), one Adam step (eps 1e-8, weight decay 1e-6) and the EMA
   update of the target over parameters and buffers;
 - random N(0, 1) inputs made before the clock starts, reused in turn.
 
 Prints one JSON line per model: {"name", "batch", "steps", "images_per_sec",
-"ms_per_step", "peak_rss_mib", "threads", "device", "torch"}.
+"ms_per_step", "peak_rss_mib", "peak_gpu_mib", "amp", "channels_last",
+"threads", "device", "torch"}. `--amp bf16 --channels-last` is how a user
+runs it fast on a GPU (autocast to bfloat16, NHWC memory format).
 """
 
 import argparse
@@ -68,12 +70,23 @@ def resnet18_cifar(in_channels=3):
     return net, 512
 
 
+def resnet50(in_channels=3):
+    """torchvision resnet50 (ImageNet stem), 2048 features."""
+    net = torchvision.models.resnet50()
+    net.fc = nn.Identity()
+    return net, 2048
+
+
 SETTINGS = {
     "small": dict(name="small 28x28x1", make=small_encoder, channels=1, size=28,
                   hidden=512, dim=128),
     "resnet18-cifar": dict(name="resnet18-cifar 32x32x3", make=resnet18_cifar,
                            channels=3, size=32, hidden=4096, dim=256),
+    "resnet50-224": dict(name="resnet50 224x224x3", make=resnet50, channels=3,
+                         size=224, hidden=4096, dim=256),
 }
+# names of "all": ResNet-50 only when asked for
+DEFAULT_SET = ["small", "resnet18-cifar"]
 
 
 class Byol(nn.Module):
@@ -119,13 +132,14 @@ def regression(p, z):
     return 2 - 2 * F.cosine_similarity(p, z, dim=-1)
 
 
-def step(model, optimizer, v1, v2, tau):
-    p1 = model.predictor(model.projector(model.encoder(v1)))
-    p2 = model.predictor(model.projector(model.encoder(v2)))
-    with torch.no_grad():
-        z1 = model.target_projector(model.target_encoder(v1))
-        z2 = model.target_projector(model.target_encoder(v2))
-    loss = 0.5 * (regression(p1, z2) + regression(p2, z1)).mean()
+def step(model, optimizer, v1, v2, tau, amp):
+    with torch.autocast(device_type=v1.device.type, dtype=torch.bfloat16, enabled=amp):
+        p1 = model.predictor(model.projector(model.encoder(v1)))
+        p2 = model.predictor(model.projector(model.encoder(v2)))
+        with torch.no_grad():
+            z1 = model.target_projector(model.target_encoder(v1))
+            z2 = model.target_projector(model.target_encoder(v2))
+    loss = (regression(p1.float(), z2.float()) + regression(p2.float(), z1.float())).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -133,30 +147,38 @@ def step(model, optimizer, v1, v2, tau):
     return loss
 
 
-def bench(setting, batch, steps, warmup, device):
+def bench(setting, batch, steps, warmup, device, amp=False, channels_last=False):
     torch.manual_seed(0)
     s = SETTINGS[setting]
     model = Byol(s["make"], s["channels"], s["hidden"], s["dim"]).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     model.train()
     optimizer = torch.optim.Adam(
         model.online_parameters(), lr=1e-3, eps=1e-8, weight_decay=1e-6
     )
     shape = (batch, s["channels"], s["size"], s["size"])
     inputs = [
-        (torch.randn(shape, device=device), torch.randn(shape, device=device))
+        (
+            torch.randn(shape, device=device).contiguous(memory_format=fmt),
+            torch.randn(shape, device=device).contiguous(memory_format=fmt),
+        )
         for _ in range(4)
     ]
+    gpu = device.startswith("cuda")
 
     def run(n):
         loss = None
         for i in range(n):
             v1, v2 = inputs[i % len(inputs)]
-            loss = step(model, optimizer, v1, v2, 0.99)
+            loss = step(model, optimizer, v1, v2, 0.99, amp)
         if loss is not None:
             loss.item()  # wait for the device
-        if device.startswith("cuda"):
+        if gpu:
             torch.cuda.synchronize()
 
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
     run(warmup)
     start = time.perf_counter()
     run(steps)
@@ -168,6 +190,9 @@ def bench(setting, batch, steps, warmup, device):
         "images_per_sec": steps * batch / seconds,
         "ms_per_step": 1e3 * seconds / steps,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
+        "amp": "bf16" if amp else "none",
+        "channels_last": channels_last,
         "threads": torch.get_num_threads(),
         "device": device,
         "torch": torch.__version__,
@@ -183,13 +208,18 @@ def main():
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none",
+                        help="autocast the forward to bfloat16")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="NHWC memory format for the networks and inputs")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    names = list(SETTINGS) if args.model == "all" else [args.model]
+    names = DEFAULT_SET if args.model == "all" else [args.model]
     for name in names:
-        print(json.dumps(bench(name, args.batch, args.steps, args.warmup, args.device)),
-              flush=True)
+        result = bench(name, args.batch, args.steps, args.warmup, args.device,
+                       amp=args.amp == "bf16", channels_last=args.channels_last)
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,10 @@ pub enum StepModel {
     Small,
     /// ResNet-18 with the CIFAR stem at 32×32×3 with 4096 → 256 heads.
     Resnet18Cifar,
-    /// Both.
+    /// ResNet-50 at 224×224×3 with 4096 → 256 heads (the paper's network;
+    /// not in `all`).
+    Resnet50,
+    /// The small encoder and ResNet-18.
     All,
 }
 
@@ -76,6 +79,9 @@ pub struct StepArgs {
     /// Do not append the table to docs/results.md.
     #[arg(long)]
     no_record: bool,
+    /// Also write the figures as JSON lines to this file (for scripts).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -248,9 +254,20 @@ fn step_configs(args: &StepArgs) -> Vec<StepBenchConfig> {
         size: 32,
         ..small.clone()
     };
+    let r50 = StepBenchConfig {
+        name: "resnet50 224x224x3".into(),
+        model: ModelConfig {
+            encoder: EncoderKind::Resnet50,
+            stem: Stem::Imagenet,
+            ..r18.model.clone()
+        },
+        size: 224,
+        ..r18.clone()
+    };
     match args.model {
         StepModel::Small => vec![small],
         StepModel::Resnet18Cifar => vec![r18],
+        StepModel::Resnet50 => vec![r50],
         StepModel::All => vec![small, r18],
     }
 }
@@ -286,6 +303,7 @@ fn run_peer(args: &StepArgs, threads: usize) -> Result<Vec<Peer>> {
     let model = match args.model {
         StepModel::Small => "small",
         StepModel::Resnet18Cifar => "resnet18-cifar",
+        StepModel::Resnet50 => "resnet50-224",
         StepModel::All => "all",
     };
     let device = if args.device.starts_with("cuda") {
@@ -320,6 +338,14 @@ fn run_peer(args: &StepArgs, threads: usize) -> Result<Vec<Peer>> {
 fn step(args: StepArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     let results = backend::run(&args.device, Steps(step_configs(&args)))?;
+    if let Some(path) = &args.json {
+        let lines: Vec<String> = results
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<_, _>>()?;
+        std::fs::write(path, lines.join("\n") + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let peers = if args.peer {
         run_peer(&args, threads)?
     } else {
