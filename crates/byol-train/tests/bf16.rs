@@ -259,3 +259,25 @@ fn an_encoder_without_a_bf16_path_is_refused_naming_the_key() {
         .to_string();
     assert!(e.contains("train.precision") && e.contains("Flat"), "{e}");
 }
+
+/// wgpu compiles WGSL, which has no bf16 type: on lavapipe (where
+/// installed) burn reports no bf16, so the run is refused.
+#[test]
+fn bf16_is_refused_on_wgpu_where_lavapipe_runs() {
+    let lavapipe = std::fs::read_dir("/usr/share/vulkan/icd.d").is_ok_and(|dir| {
+        dir.filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("lvp_icd"))
+    });
+    if !lavapipe {
+        eprintln!("skipped: no lavapipe (apt-get install mesa-vulkan-drivers libvulkan1)");
+        return;
+    }
+    let device = burn::backend::wgpu::WgpuDevice::Cpu;
+    let mut config = RunConfig::default();
+    config.train.precision = Precision::Bf16;
+    let e = config
+        .train
+        .check_precision::<Autodiff<burn::backend::Wgpu>>(&device)
+        .expect_err("WGSL has no bf16");
+    assert!(e.to_string().contains("train.precision"), "{e}");
+}

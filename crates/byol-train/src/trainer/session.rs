@@ -282,6 +282,7 @@ where
             train = session.data.train.len(),
             steps = length.total_steps,
             from = session.state.step,
+            precision = %config.train.precision,
             "pretraining"
         );
         // training time starts here: the data scan and the baselines are
