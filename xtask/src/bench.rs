@@ -66,6 +66,11 @@ pub struct StepArgs {
     /// Run both views as one batch of 2 × batch.
     #[arg(long)]
     concat_views: bool,
+    /// Number format of the convolutions and matrix products: f32, or bf16
+    /// (mixed precision, as `train.precision`; refused on a backend
+    /// without bf16).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    precision: byol_model::Precision,
     /// Also time PyTorch on the same step (needs a Python with torch and
     /// torchvision: `--python`, else $BYOL_PYTHON, else `python3`).
     #[arg(long)]
@@ -229,6 +234,15 @@ fn today() -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// `f32` or `bf16`, as `train.precision` spells them.
+fn parse_precision(s: &str) -> Result<byol_model::Precision, String> {
+    match s {
+        "f32" => Ok(byol_model::Precision::F32),
+        "bf16" => Ok(byol_model::Precision::Bf16),
+        other => Err(format!("`{other}`: expected f32 or bf16")),
+    }
+}
+
 fn step_configs(args: &StepArgs) -> Vec<StepBenchConfig> {
     let small = StepBenchConfig {
         name: "small 28x28x1".into(),
@@ -239,6 +253,7 @@ fn step_configs(args: &StepArgs) -> Vec<StepBenchConfig> {
         warmup: args.warmup,
         steps: args.steps,
         concat_views: args.concat_views,
+        precision: args.precision,
     };
     let r18 = StepBenchConfig {
         name: "resnet18-cifar 32x32x3".into(),
@@ -374,9 +389,10 @@ fn step(args: StepArgs) -> Result<()> {
         ));
     }
     println!(
-        "BYOL step, backend {}, device {}, {threads} rayon threads{}",
+        "BYOL step, backend {}, device {}, {threads} rayon threads, {}{}",
         backend::name(&args.device),
         args.device,
+        args.precision,
         if args.concat_views {
             ", views concatenated"
         } else {

@@ -10,7 +10,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::norm::{Norm, NormKind, conv_forward};
+use crate::norm::{Norm, NormKind, conv_forward_in};
+use crate::precision::Precision;
 
 /// How a block normalises: the layer kind, GroupNorm's group count, and
 /// whether convolutions standardise their weights (with GroupNorm).
@@ -73,9 +74,9 @@ impl<B: Backend> Downsample<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn forward(&self, x: Tensor<B, 4>, precision: Precision) -> Tensor<B, 4> {
         self.bn
-            .forward(conv_forward(&self.conv, x, self.standardize))
+            .forward(conv_forward_in(&self.conv, x, self.standardize, precision))
     }
 }
 
@@ -121,13 +122,21 @@ impl<B: Backend> BasicBlock<B> {
     /// # Shapes
     /// `[batch, channels_in, h, w]` → `[batch, planes, h / stride, w / stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_in(x, Precision::F32)
+    }
+
+    /// [`BasicBlock::forward`] with the convolutions in `precision`.
+    ///
+    /// # Shapes
+    /// `[batch, channels_in, h, w]` → `[batch, planes, h / stride, w / stride]`
+    pub fn forward_in(&self, x: Tensor<B, 4>, precision: Precision) -> Tensor<B, 4> {
         let identity = match &self.downsample {
-            Some(d) => d.forward(x.clone()),
+            Some(d) => d.forward(x.clone(), precision),
             None => x.clone(),
         };
-        let ws = self.standardize;
-        let out = relu(self.bn1.forward(conv_forward(&self.conv1, x, ws)));
-        let out = self.bn2.forward(conv_forward(&self.conv2, out, ws));
+        let conv = |c: &Conv2d<B>, x| conv_forward_in(c, x, self.standardize, precision);
+        let out = relu(self.bn1.forward(conv(&self.conv1, x)));
+        let out = self.bn2.forward(conv(&self.conv2, out));
         relu(out + identity)
     }
 }
@@ -184,14 +193,22 @@ impl<B: Backend> Bottleneck<B> {
     /// # Shapes
     /// `[batch, channels_in, h, w]` → `[batch, 4 × planes, h / stride, w / stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_in(x, Precision::F32)
+    }
+
+    /// [`Bottleneck::forward`] with the convolutions in `precision`.
+    ///
+    /// # Shapes
+    /// `[batch, channels_in, h, w]` → `[batch, 4 × planes, h / stride, w / stride]`
+    pub fn forward_in(&self, x: Tensor<B, 4>, precision: Precision) -> Tensor<B, 4> {
         let identity = match &self.downsample {
-            Some(d) => d.forward(x.clone()),
+            Some(d) => d.forward(x.clone(), precision),
             None => x.clone(),
         };
-        let ws = self.standardize;
-        let out = relu(self.bn1.forward(conv_forward(&self.conv1, x, ws)));
-        let out = relu(self.bn2.forward(conv_forward(&self.conv2, out, ws)));
-        let out = self.bn3.forward(conv_forward(&self.conv3, out, ws));
+        let conv = |c: &Conv2d<B>, x| conv_forward_in(c, x, self.standardize, precision);
+        let out = relu(self.bn1.forward(conv(&self.conv1, x)));
+        let out = relu(self.bn2.forward(conv(&self.conv2, out)));
+        let out = self.bn3.forward(conv(&self.conv3, out));
         relu(out + identity)
     }
 }
@@ -210,9 +227,17 @@ impl<B: Backend> Block<B> {
     /// # Shapes
     /// `[batch, c_in, h, w]` → `[batch, c_out, h / stride, w / stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_in(x, Precision::F32)
+    }
+
+    /// [`Block::forward`] with the convolutions in `precision`.
+    ///
+    /// # Shapes
+    /// `[batch, c_in, h, w]` → `[batch, c_out, h / stride, w / stride]`
+    pub fn forward_in(&self, x: Tensor<B, 4>, precision: Precision) -> Tensor<B, 4> {
         match self {
-            Block::Basic(b) => b.forward(x),
-            Block::Bottleneck(b) => b.forward(x),
+            Block::Basic(b) => b.forward_in(x, precision),
+            Block::Bottleneck(b) => b.forward_in(x, precision),
         }
     }
 }

@@ -7,6 +7,7 @@ use burn::prelude::*;
 
 use crate::Encoder;
 use crate::head::{MlpHead, MlpHeadConfig};
+use crate::precision::Precision;
 
 /// Sizes of the projector and predictor MLPs.
 #[derive(Config, Debug)]
@@ -71,6 +72,10 @@ pub struct ForwardOptions {
     /// (fewer, larger kernels, as byol-pytorch does). BatchNorm statistics
     /// are then shared by the two views instead of per view.
     pub concat_views: bool,
+    /// The number format of the convolutions and matrix products of both
+    /// networks (`train.precision`); parameters, normalisations and the
+    /// outputs stay f32.
+    pub precision: Precision,
 }
 
 /// The online and target networks of BYOL.
@@ -101,9 +106,26 @@ impl<B: Backend, E: Encoder<B>> OnlineNetwork<B, E> {
     /// `[batch, channels, height, width]` → `[batch, dim]`,
     /// `[batch, projection_dim]`, `[batch, projection_dim]`
     pub fn forward_all(&self, images: Tensor<B, 4>) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
-        let y = self.encoder.encode(images);
-        let h = self.projector.forward(y.clone());
-        let p = self.predictor.forward(h.clone());
+        self.forward_all_in(images, Precision::F32)
+    }
+
+    /// [`OnlineNetwork::forward_all`] with the products in `precision`.
+    ///
+    /// # Shapes
+    /// `[batch, channels, height, width]` → `[batch, dim]`,
+    /// `[batch, projection_dim]`, `[batch, projection_dim]`
+    ///
+    /// # Panics
+    ///
+    /// When the encoder does not compute in `precision`.
+    pub fn forward_all_in(
+        &self,
+        images: Tensor<B, 4>,
+        precision: Precision,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+        let y = self.encoder.encode_in(images, precision);
+        let h = self.projector.forward_in(y.clone(), precision);
+        let p = self.predictor.forward_in(h.clone(), precision);
         (y, h, p)
     }
 
@@ -130,7 +152,16 @@ impl<B: Backend, E: Encoder<B>> TargetNetwork<B, E> {
     /// # Shapes
     /// `[batch, channels, height, width]` → `[batch, projection_dim]`
     pub fn project(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.projector.forward(self.encoder.encode(images)).detach()
+        self.project_in(images, Precision::F32)
+    }
+
+    /// [`TargetNetwork::project`] with the products in `precision`.
+    ///
+    /// # Shapes
+    /// `[batch, channels, height, width]` → `[batch, projection_dim]`
+    pub fn project_in(&self, images: Tensor<B, 4>, precision: Precision) -> Tensor<B, 2> {
+        let y = self.encoder.encode_in(images, precision);
+        self.projector.forward_in(y, precision).detach()
     }
 }
 
@@ -213,6 +244,11 @@ impl<B: Backend, E: Encoder<B>> Byol<B, E> {
     ///
     /// # Shapes
     /// `view1`, `view2`: `[batch, channels, height, width]`
+    ///
+    /// # Panics
+    ///
+    /// When the encoder does not compute in `options.precision`
+    /// ([`Encoder::computes_in`]).
     pub fn forward_with(
         &self,
         view1: Tensor<B, 4>,
@@ -222,20 +258,24 @@ impl<B: Backend, E: Encoder<B>> Byol<B, E> {
         let [batch, ..] = view1.dims();
         // [2 × batch, d] → two [batch, d]
         let split = |t: Tensor<B, 2>| (t.clone().narrow(0, 0, batch), t.narrow(0, batch, batch));
+        let precision = options.precision;
         let ((y1, _), (h1, h2), (p1, p2)) = if options.concat_views {
             let both = Tensor::cat(vec![view1.clone(), view2.clone()], 0);
-            let (y, h, p) = self.online.forward_all(both);
+            let (y, h, p) = self.online.forward_all_in(both, precision);
             (split(y), split(h), split(p))
         } else {
-            let (y1, h1, p1) = self.online.forward_all(view1.clone());
-            let (y2, h2, p2) = self.online.forward_all(view2.clone());
+            let (y1, h1, p1) = self.online.forward_all_in(view1.clone(), precision);
+            let (y2, h2, p2) = self.online.forward_all_in(view2.clone(), precision);
             ((y1, y2), (h1, h2), (p1, p2))
         };
         let (z1, z2) = match &self.target {
             Some(target) if options.concat_views => {
-                split(target.project(Tensor::cat(vec![view1, view2], 0)))
+                split(target.project_in(Tensor::cat(vec![view1, view2], 0), precision))
             }
-            Some(target) => (target.project(view1), target.project(view2)),
+            Some(target) => (
+                target.project_in(view1, precision),
+                target.project_in(view2, precision),
+            ),
             // SimSiam: the online projections under stop-gradient
             None => (h1.clone().detach(), h2.detach()),
         };
@@ -463,7 +503,11 @@ mod tests {
         let b = tiny();
         let x1 = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Default, &Default::default());
         let x2 = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Default, &Default::default());
-        let out = b.forward_with(x1, x2, ForwardOptions { concat_views: true });
+        let options = ForwardOptions {
+            concat_views: true,
+            ..ForwardOptions::default()
+        };
+        let out = b.forward_with(x1, x2, options);
         for t in [out.p1, out.p2, out.z1, out.z2, out.h1] {
             assert_eq!(t.dims(), [4, 16]);
             let v: Vec<f32> = t.into_data().to_vec().expect("f32");

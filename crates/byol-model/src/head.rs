@@ -5,6 +5,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::norm::batch_norm;
+use crate::precision::{Precision, linear};
 
 /// Linear → BatchNorm → ReLU → Linear.
 ///
@@ -55,12 +56,21 @@ impl<B: Backend> MlpHead<B> {
     /// # Shapes
     /// `[batch, d_input]` → `[batch, d_output]`
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = self.linear1.forward(x);
+        self.forward_in(x, Precision::F32)
+    }
+
+    /// [`MlpHead::forward`] with the matrix products in `precision`
+    /// (BatchNorm and ReLU in f32).
+    ///
+    /// # Shapes
+    /// `[batch, d_input]` → `[batch, d_output]`
+    pub fn forward_in(&self, x: Tensor<B, 2>, precision: Precision) -> Tensor<B, 2> {
+        let x = linear(&self.linear1, x, precision);
         let x = match &self.bn {
             Some(bn) => batch_norm(bn, x),
             None => x,
         };
-        self.linear2.forward(relu(x))
+        linear(&self.linear2, relu(x), precision)
     }
 }
 

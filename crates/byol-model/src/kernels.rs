@@ -37,6 +37,10 @@ pub struct KernelPaths {
     pub conv_backward: KernelPath,
     /// BatchNorm with batch statistics, forward and backward (training).
     pub batch_norm_train: KernelPath,
+    /// Convolution in bf16 ([`crate::Precision::Bf16`]): ours rounds its
+    /// operands and result to bf16 around our f32 kernels (Flex's own bf16
+    /// convolution converts to f32 as well); burn's casts to bf16 tensors.
+    pub conv_bf16: KernelPath,
 }
 
 /// The paths on `B`: ours on `Flex` (forward) and `Autodiff<Flex>`
@@ -54,6 +58,7 @@ pub fn paths<B: Backend>() -> KernelPaths {
         conv_forward: ours(flex || flex_autodiff),
         conv_backward: ours(flex_autodiff),
         batch_norm_train: ours(flex_autodiff),
+        conv_bf16: ours(flex || flex_autodiff),
     }
 }
 
@@ -65,6 +70,7 @@ pub fn log_paths<B: Backend>() {
         conv_forward = ?p.conv_forward,
         conv_backward = ?p.conv_backward,
         batch_norm_train = ?p.batch_norm_train,
+        conv_bf16 = ?p.conv_bf16,
         "kernel paths"
     );
 }
@@ -103,6 +109,7 @@ mod tests {
                 conv_forward: KernelPath::Ours,
                 conv_backward: KernelPath::Ours,
                 batch_norm_train: KernelPath::Ours,
+                conv_bf16: KernelPath::Ours,
             }
         );
         let inner = paths::<Flex>();
@@ -112,5 +119,6 @@ mod tests {
         let other = paths::<Autodiff<NdArray>>();
         assert_eq!(other.conv_forward, KernelPath::Burn);
         assert_eq!(other.batch_norm_train, KernelPath::Burn);
+        assert_eq!(other.conv_bf16, KernelPath::Burn);
     }
 }

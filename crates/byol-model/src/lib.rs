@@ -31,6 +31,7 @@ mod footprint;
 mod head;
 pub mod kernels;
 mod norm;
+mod precision;
 mod resnet;
 mod rng;
 pub mod torchvision;
@@ -39,7 +40,8 @@ pub use block::{BasicBlock, Block, Bottleneck, Downsample, NormSpec};
 pub use byol::{Byol, ByolOutput, ForwardOptions, HeadsConfig, OnlineNetwork, TargetNetwork};
 pub use footprint::{EncoderFootprint, HeadFootprint, HeadsFootprint};
 pub use head::{MlpHead, MlpHeadConfig};
-pub use norm::{Identity, Norm, NormKind, batch_norm, conv_forward, group_norm};
+pub use norm::{Identity, Norm, NormKind, batch_norm, conv_forward, conv_forward_in, group_norm};
+pub use precision::{Precision, linear};
 pub use resnet::{BlockKind, ResNet, ResNetConfig, Stage, Stem};
 pub use rng::{materialize, seeded};
 
@@ -53,6 +55,30 @@ pub trait Encoder<B: Backend>: Module<B> + burn::module::ModuleDisplay {
     /// # Shapes
     /// `[batch, channels, height, width]` → `[batch, self.output_dim()]`
     fn encode(&self, images: Tensor<B, 4>) -> Tensor<B, 2>;
+
+    /// Whether [`Encoder::encode_in`] computes in `precision`. The default
+    /// says f32 only: an encoder of the caller's computes as its own layers
+    /// do, and a run asked for bf16 refuses it rather than train in f32.
+    fn computes_in(&self, precision: Precision) -> bool {
+        precision == Precision::F32
+    }
+
+    /// [`Encoder::encode`] with the convolutions and matrix products in
+    /// `precision` ([`Precision`]).
+    ///
+    /// # Shapes
+    /// `[batch, channels, height, width]` → `[batch, self.output_dim()]`
+    ///
+    /// # Panics
+    ///
+    /// When `!self.computes_in(precision)`.
+    fn encode_in(&self, images: Tensor<B, 4>, precision: Precision) -> Tensor<B, 2> {
+        assert!(
+            self.computes_in(precision),
+            "this encoder computes in f32 only, not {precision}"
+        );
+        self.encode(images)
+    }
 
     /// Length of the representation.
     fn output_dim(&self) -> usize;

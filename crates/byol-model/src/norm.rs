@@ -32,8 +32,8 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
-use crate::fast_conv::conv2d_no_bias;
 use crate::fast_norm::batch_norm_train;
+use crate::precision::{Precision, conv2d_in};
 
 /// The normalisation of the encoder's convolutions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +155,20 @@ pub fn conv_forward<B: Backend>(
     x: Tensor<B, 4>,
     standardize: bool,
 ) -> Tensor<B, 4> {
+    conv_forward_in(conv, x, standardize, Precision::F32)
+}
+
+/// [`conv_forward`] with the convolution computed in `precision` (the
+/// weight standardisation and the bias in f32).
+///
+/// # Shapes
+/// `[batch, in, h, w]` → `[batch, out, h / stride, w / stride]`
+pub fn conv_forward_in<B: Backend>(
+    conv: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    standardize: bool,
+    precision: Precision,
+) -> Tensor<B, 4> {
     let options = ConvOptions::new(
         conv.stride,
         [conv.kernel_size[0] / 2, conv.kernel_size[1] / 2],
@@ -166,19 +180,29 @@ pub fn conv_forward<B: Backend>(
         // this crate's convolutions: no bias, `kernel / 2` on every side
         let [p_h, p_w] = options.padding;
         if conv.bias.is_none() && conv.padding == PaddingConfig2d::Explicit(p_h, p_w, p_h, p_w) {
-            return conv2d_no_bias(x, w, options);
+            return conv2d_in(x, w, options, precision);
         }
-        return conv.forward(x);
+        if precision == Precision::F32 {
+            return conv.forward(x);
+        }
     }
-    let [out, inp, kh, kw] = w.dims();
-    let flat = w.reshape([out, inp * kh * kw]);
-    let mean = flat.clone().mean_dim(1);
-    let centered = flat - mean;
-    let var = centered.clone().square().mean_dim(1);
-    let w = (centered / var.add_scalar(1e-5).sqrt()).reshape([out, inp, kh, kw]);
-    match &conv.bias {
-        Some(b) => conv2d(x, w, Some(b.val()), options),
-        None => conv2d_no_bias(x, w, options),
+    let w = if standardize {
+        let [out, inp, kh, kw] = w.dims();
+        let flat = w.reshape([out, inp * kh * kw]);
+        let mean = flat.clone().mean_dim(1);
+        let centered = flat - mean;
+        let var = centered.clone().square().mean_dim(1);
+        (centered / var.add_scalar(1e-5).sqrt()).reshape([out, inp, kh, kw])
+    } else {
+        w
+    };
+    match (&conv.bias, precision) {
+        (Some(b), Precision::F32) => conv2d(x, w, Some(b.val()), options),
+        (Some(b), _) => {
+            let [c] = b.dims();
+            conv2d_in(x, w, options, precision) + b.val().reshape([1, c, 1, 1])
+        }
+        (None, _) => conv2d_in(x, w, options, precision),
     }
 }
 

@@ -10,7 +10,8 @@ use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
 use crate::block::{BOTTLENECK_EXPANSION, BasicBlock, Block, Bottleneck, NormSpec, conv};
-use crate::norm::{Norm, NormKind, conv_forward};
+use crate::norm::{Norm, NormKind, conv_forward_in};
+use crate::precision::Precision;
 use crate::{Encoder, ModelError};
 
 /// The first layers of the network, before the residual stages.
@@ -271,17 +272,28 @@ impl<B: Backend> ResNet<B> {
     ///
     /// When the input's channels differ from the configured `in_channels`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = relu(
-            self.bn1
-                .forward(conv_forward(&self.conv1, x, self.standardize)),
-        );
+        self.forward_in(x, Precision::F32)
+    }
+
+    /// [`ResNet::forward`] with the convolutions in `precision`; BatchNorm,
+    /// pooling and the output stay f32.
+    ///
+    /// # Shapes
+    /// `[batch, in_channels, height, width]` → `[batch, output_dim]`
+    ///
+    /// # Panics
+    ///
+    /// When the input's channels differ from the configured `in_channels`.
+    pub fn forward_in(&self, x: Tensor<B, 4>, precision: Precision) -> Tensor<B, 2> {
+        let stem = conv_forward_in(&self.conv1, x, self.standardize, precision);
+        let x = relu(self.bn1.forward(stem));
         let mut x = match &self.maxpool {
             Some(pool) => pool.forward(x),
             None => x,
         };
         for stage in &self.stages {
             for block in &stage.blocks {
-                x = block.forward(x);
+                x = block.forward_in(x, precision);
             }
         }
         let [batch, channels, h, w] = x.dims();
@@ -295,6 +307,14 @@ impl<B: Backend> ResNet<B> {
 impl<B: Backend> Encoder<B> for ResNet<B> {
     fn encode(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         self.forward(images)
+    }
+
+    fn computes_in(&self, _precision: Precision) -> bool {
+        true
+    }
+
+    fn encode_in(&self, images: Tensor<B, 4>, precision: Precision) -> Tensor<B, 2> {
+        self.forward_in(images, precision)
     }
 
     fn output_dim(&self) -> usize {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use byol_augment::AugmentConfig;
 use byol_data::{Cifar100Labels, Format, OnCorrupt, Split};
 use byol_eval::{KnnConfig, ProbeConfig};
-use byol_model::{HeadsConfig, NormKind, ResNetConfig, Stem};
+use byol_model::{HeadsConfig, NormKind, Precision, ResNetConfig, Stem};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -54,6 +54,9 @@ pub struct RunIdentity {
     pub accumulate: usize,
     /// `train.use_momentum`: whether a target network exists.
     pub use_momentum: bool,
+    /// `train.precision`: the number format of the products, which changes
+    /// every step's numbers.
+    pub precision: Precision,
 }
 
 /// The part of [`DataConfig`] that belongs to a run's [`RunIdentity`]:
@@ -108,6 +111,7 @@ impl RunIdentity {
             batch_size: config.train.batch_size,
             accumulate: config.train.accumulate,
             use_momentum: config.train.use_momentum,
+            precision: config.train.precision,
         }
     }
 
@@ -136,7 +140,7 @@ impl RunIdentity {
     }
 
     /// As JSON under the config's own key names (`batch_size`,
-    /// `accumulate` and `use_momentum` under `train`).
+    /// `accumulate`, `use_momentum` and `precision` under `train`).
     fn as_json(&self) -> serde_json::Value {
         serde_json::json!({
             "seed": self.seed,
@@ -147,6 +151,7 @@ impl RunIdentity {
                 "batch_size": self.batch_size,
                 "accumulate": self.accumulate,
                 "use_momentum": self.use_momentum,
+                "precision": self.precision,
             },
         })
     }
@@ -381,6 +386,11 @@ pub struct TrainConfig {
     /// Run both views through each network as one batch of 2 × batch_size
     /// (shared BatchNorm statistics; faster on some devices).
     pub concat_views: bool,
+    /// Number format of the convolutions and matrix products: `"f32"`, or
+    /// `"bf16"` (mixed precision: parameters, optimizer state, the target,
+    /// BatchNorm and the loss stay f32). The evaluation forward passes
+    /// (kNN monitor, `encoder.mpk`'s users) compute in f32.
+    pub precision: Precision,
     /// Steps between logged losses and collapse monitors.
     pub log_every: usize,
     /// Stop after this many steps in all (0 = no limit); for smoke tests.
@@ -419,6 +429,7 @@ impl Default for TrainConfig {
             tau_base: 0.996,
             use_momentum: true,
             concat_views: false,
+            precision: Precision::F32,
             log_every: 10,
             max_steps: 0,
             checkpoint_every: 0,
@@ -536,6 +547,55 @@ impl TrainConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Checks that backend `B` computes in `train.precision` on `device`
+    /// (bf16: Flex and CUDA do; NdArray and wgpu on WGSL do not), so a run
+    /// is refused rather than trained in f32.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::InvalidConfig`] naming `train.precision` and the
+    /// backend.
+    pub fn check_precision<B: burn::prelude::Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(), TrainError> {
+        if self.precision.supported_on::<B>(device) {
+            return Ok(());
+        }
+        Err(invalid(
+            "train.precision",
+            self.precision,
+            &format!(
+                "\"f32\": backend {} has no {} support on this device",
+                std::any::type_name::<B>(),
+                self.precision
+            ),
+        ))
+    }
+
+    /// Checks that `encoder` computes in `train.precision`
+    /// ([`byol_model::Encoder::computes_in`]; the built-in ResNets do).
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::InvalidConfig`] naming `train.precision`.
+    pub fn check_encoder_precision<B: burn::prelude::Backend, E: byol_model::Encoder<B>>(
+        &self,
+        encoder: &E,
+    ) -> Result<(), TrainError> {
+        if encoder.computes_in(self.precision) {
+            return Ok(());
+        }
+        Err(invalid(
+            "train.precision",
+            self.precision,
+            &format!(
+                "\"f32\": encoder {} computes in f32 only",
+                std::any::type_name::<E>()
+            ),
+        ))
     }
 
     /// The optimizer settings of these values.

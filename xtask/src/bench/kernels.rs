@@ -35,6 +35,8 @@ pub struct StepBenchConfig {
     pub steps: usize,
     /// Run both views as one batch of 2 × `batch_size`.
     pub concat_views: bool,
+    /// Number format of the convolutions and matrix products.
+    pub precision: byol_model::Precision,
 }
 
 /// What [`bench_step`] measured.
@@ -76,6 +78,14 @@ pub fn bench_step<B: AutodiffBackend>(
         ("steps", config.steps),
         ("size", config.size),
     ])?;
+    if !config.precision.supported_on::<B>(device) {
+        bail!(
+            "bench step --precision {}: backend {} has no {} support on this device",
+            config.precision,
+            std::any::type_name::<B>(),
+            config.precision
+        );
+    }
     let encoder = config.model.encoder_config(config.channels);
     encoder
         .validate("model")
@@ -118,6 +128,7 @@ pub fn bench_step<B: AutodiffBackend>(
                 &StepSettings {
                     forward: byol_model::ForwardOptions {
                         concat_views: config.concat_views,
+                        precision: config.precision,
                     },
                     ..StepSettings::simple(1e-3, 0.99)
                 },

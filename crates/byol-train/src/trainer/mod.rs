@@ -223,6 +223,7 @@ where
     Byol<B, E>: AutodiffModule<B>,
 {
     let started = Instant::now();
+    config.train.check_precision::<B>(device)?;
     // what cannot fit is refused before any work: first before the data is
     // read (a lower bound: the fewest channels, no monitor), then exactly,
     // before the networks are built

@@ -97,6 +97,7 @@ impl RunLength {
             grad_clip_norm: t.grad_clip_norm,
             forward: ForwardOptions {
                 concat_views: t.concat_views,
+                precision: t.precision,
             },
             accumulate: t.accumulate,
         }
@@ -229,6 +230,9 @@ where
             resume(config, out_dir, device, &length, channels, source)?
         } else {
             let model = source.fresh(channels, device)?;
+            config
+                .train
+                .check_encoder_precision(&model.online.encoder)?;
             std::fs::create_dir_all(out_dir).map_err(|e| TrainError::Output {
                 path: out_dir.to_path_buf(),
                 message: e.to_string(),
@@ -278,6 +282,7 @@ where
             train = session.data.train.len(),
             steps = length.total_steps,
             from = session.state.step,
+            precision = %config.train.precision,
             "pretraining"
         );
         // training time starts here: the data scan and the baselines are
