@@ -11,6 +11,7 @@ mod guard;
 mod model;
 mod online;
 mod plan;
+mod readback;
 mod session;
 
 use std::path::Path;
@@ -350,6 +351,22 @@ mod tests {
         assert_eq!(summary.resumed_from, Some(2));
         assert_eq!(summary.steps, 8);
         assert!(summary.final_loss.is_finite());
+    }
+
+    #[test]
+    fn a_step_reads_nothing_back_and_the_log_intervals_read_three_tensors() {
+        // 8 steps, logged at 3, 6 and 8, no checkpoint but the epoch ends'
+        let config = sample_config(&["train.log_every=3", "train.checkpoint_every=0"]);
+        let out = tempfile::tempdir().expect("tempdir");
+        let (all0, in_steps0) = readback::counts();
+        let summary = run_with(&config, out.path(), false, Hooks::default()).expect("a run");
+        assert_eq!(summary.steps, 8);
+        let (all, in_steps) = readback::counts();
+        assert_eq!(in_steps - in_steps0, 0, "a step read a tensor back");
+        // 3 log intervals × (loss, representations, projections), and at
+        // each of the 2 epoch ends its loss sum, the checkpoint's loss sum
+        // and the online classifier's loss, twice
+        assert_eq!(all - all0, 3 * 3 + 2 * 4, "reads of the loop");
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl<B: AutodiffBackend> OnlineLinear<B> {
     ) -> Result<OnlineScore, TrainError> {
         let logits = self.linear().valid().forward(test_features);
         let (top1, top5) = byol_eval::logit_accuracy(logits, test_labels)?;
-        let sum: f32 = self.loss_sum.clone().into_scalar().elem();
+        let sum = super::readback::scalar(self.loss_sum.clone());
         let train_loss = f64::from(sum) / self.steps.max(1) as f64;
         self.loss_sum = self.loss_sum.zeros_like();
         self.steps = 0;
@@ -122,7 +122,7 @@ impl<B: AutodiffBackend> OnlineLinear<B> {
     /// The epoch's training losses so far, summed (read back from the
     /// device), and their count, for the checkpoint's state.
     pub(crate) fn epoch_loss(&self) -> (f64, usize) {
-        let sum: f32 = self.loss_sum.clone().into_scalar().elem();
+        let sum = super::readback::scalar(self.loss_sum.clone());
         (f64::from(sum), self.steps)
     }
 

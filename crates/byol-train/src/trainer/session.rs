@@ -16,6 +16,7 @@ use super::data::RunData;
 use super::guard::{CollapseGuard, Verdict};
 use super::model::ModelSource;
 use super::online::OnlineLinear;
+use super::readback::{self, InStep};
 use super::{Hooks, PretrainOptions, RunSummary, StopSignal};
 use crate::checkpoint::{
     CHECKPOINTS, TrainState, load_module, newest_usable, save_module, write_atomic,
@@ -378,6 +379,7 @@ where
     /// The BYOL step of `batch`; its loss joins the epoch's sum on the
     /// device, unread.
     fn step(&mut self, batch: Batch) -> StepOutput<B::InnerBackend> {
+        let _step = InStep::enter();
         self.bar
             .set_prefix(format!("epoch {}/{}", batch.epoch, self.length.epochs));
         for (name, reason) in &batch.skipped {
@@ -427,13 +429,13 @@ where
         waited: Duration,
     ) -> Result<(), TrainError> {
         let step = self.state.step;
-        let loss: f32 = out.loss.into_scalar().elem();
+        let loss = readback::scalar(out.loss);
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step, loss });
         }
         let [_, dim] = out.representations.dims();
-        let reps = read_back(out.representations, "representations")?;
-        let projs = read_back(out.projections, "projections")?;
+        let reps = readback::monitor_rows(out.representations, "representations")?;
+        let projs = readback::monitor_rows(out.projections, "projections")?;
         let collapse = collapse_metrics(&reps, dim, &projs, self.config.model.projection_dim);
         let (_, wait_share, ips) = self.clock.last_log.rates(waited);
         let (tau, lr) = (self.state.tau, self.state.lr);
@@ -477,7 +479,7 @@ where
     /// An epoch end: its mean loss (read back once), its record, and the
     /// kNN monitor when it falls due.
     fn end_epoch(&mut self, epoch: usize, waited: Duration) -> Result<(), TrainError> {
-        let sum: f32 = self.loss_sum.clone().into_scalar().elem();
+        let sum = readback::scalar(self.loss_sum.clone());
         let mean = f64::from(sum) / self.state.epoch_steps.max(1) as f64;
         if !mean.is_finite() {
             return Err(TrainError::NonFinite {
@@ -573,7 +575,7 @@ where
     /// since the last epoch end are not finite (then the newest checkpoint
     /// stays the last good one).
     fn checkpoint(&mut self, waited: Duration) -> Result<(), TrainError> {
-        let sum: f32 = self.loss_sum.clone().into_scalar().elem();
+        let sum = readback::scalar(self.loss_sum.clone());
         if !sum.is_finite() {
             return Err(TrainError::NonFinite {
                 step: self.state.step,
@@ -825,17 +827,6 @@ pub(crate) fn check_run_folder(
         out_dir.display(),
         conflicts.join("\n  ")
     )))
-}
-
-/// A tensor's values on the host.
-fn read_back<B: Backend>(tensor: Tensor<B, 2>, what: &'static str) -> Result<Vec<f32>, TrainError> {
-    tensor
-        .into_data()
-        .to_vec()
-        .map_err(|e| TrainError::ReadBack {
-            what,
-            message: format!("{e:?}"),
-        })
 }
 
 #[cfg(test)]
