@@ -153,14 +153,16 @@ fn skip_bad(
     Ok((good, view1, view2, skipped))
 }
 
-/// Produces the batches of `plan` from `start_step` into `tx` until the
-/// run ends, an error is sent, or the receiver is gone.
-fn produce(
+/// Produces the batches of `plan` from `start_step` into `tx`, each passed
+/// through `prepare` first, until the run ends, an error is sent, or the
+/// receiver is gone.
+fn produce<P>(
     dataset: &dyn Dataset,
     plan: Plan,
     augment: &AugmentConfig,
     on_corrupt: OnCorrupt,
-    tx: SyncSender<Result<Batch, TrainError>>,
+    prepare: &dyn Fn(&mut Batch) -> P,
+    tx: SyncSender<Result<(Batch, P), TrainError>>,
 ) {
     let mut order: Option<(usize, Vec<usize>)> = None;
     for step in plan.start_step..plan.total_steps {
@@ -171,7 +173,10 @@ fn produce(
         let Some((_, indices)) = &order else {
             return;
         };
-        let batch = make_batch(dataset, indices, &plan, step, augment, on_corrupt);
+        let batch = make_batch(dataset, indices, &plan, step, augment, on_corrupt).map(|mut b| {
+            let prepared = prepare(&mut b);
+            (b, prepared)
+        });
         let failed = batch.is_err();
         if tx.send(batch).is_err() || failed {
             return;
@@ -179,10 +184,31 @@ fn produce(
     }
 }
 
-/// The consumer's end of the pipeline, measuring the time spent waiting.
-pub struct Loader {
-    rx: Receiver<Result<Batch, TrainError>>,
+/// The consumer's end of the pipeline, measuring the time spent waiting;
+/// each batch comes with what the producer's `prepare` made of it (`P`).
+pub struct Loader<P = ()> {
+    rx: Receiver<Result<(Batch, P), TrainError>>,
     waited: Duration,
+}
+
+impl<P> Loader<P> {
+    /// The next batch and what was prepared from it, `None` after the last;
+    /// adds the time blocked to [`Loader::waited`].
+    ///
+    /// # Errors
+    ///
+    /// What the producer met (decode errors with `on_corrupt = "fail"`).
+    pub fn next_prepared(&mut self) -> Result<Option<(Batch, P)>, TrainError> {
+        let start = Instant::now();
+        let batch = self.rx.recv();
+        self.waited += start.elapsed();
+        batch.ok().transpose()
+    }
+
+    /// Total time spent waiting for data so far.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
 }
 
 impl Loader {
@@ -193,15 +219,7 @@ impl Loader {
     ///
     /// What the producer met (decode errors with `on_corrupt = "fail"`).
     pub fn next_batch(&mut self) -> Result<Option<Batch>, TrainError> {
-        let start = Instant::now();
-        let batch = self.rx.recv();
-        self.waited += start.elapsed();
-        batch.ok().transpose()
-    }
-
-    /// Total time spent waiting for data so far.
-    pub fn waited(&self) -> Duration {
-        self.waited
+        Ok(self.next_prepared()?.map(|(batch, ())| batch))
     }
 }
 
@@ -215,9 +233,34 @@ pub fn with_loader<T>(
     prefetch: usize,
     consume: impl FnOnce(&mut Loader) -> T,
 ) -> T {
+    with_prepared_loader(
+        dataset,
+        plan,
+        augment,
+        on_corrupt,
+        prefetch,
+        &|_| (),
+        consume,
+    )
+}
+
+/// [`with_loader`] whose producer thread also runs `prepare` on each batch
+/// before handing it over: the trainer uploads the views to the device
+/// there (taking them out of the batch), so the copy overlaps the step in
+/// flight instead of preceding the next one, as burn's own data loaders
+/// build device tensors in their workers.
+pub fn with_prepared_loader<T, P: Send>(
+    dataset: &dyn Dataset,
+    plan: Plan,
+    augment: &AugmentConfig,
+    on_corrupt: OnCorrupt,
+    prefetch: usize,
+    prepare: &(dyn Fn(&mut Batch) -> P + Sync),
+    consume: impl FnOnce(&mut Loader<P>) -> T,
+) -> T {
     let (tx, rx) = sync_channel(prefetch.max(1));
     std::thread::scope(|scope| {
-        scope.spawn(move || produce(dataset, plan, augment, on_corrupt, tx));
+        scope.spawn(move || produce(dataset, plan, augment, on_corrupt, prepare, tx));
         let mut loader = Loader {
             rx,
             waited: Duration::ZERO,
@@ -288,6 +331,36 @@ mod tests {
             assert_eq!(a.step, b.step);
             assert_eq!(a.view1, b.view1);
             assert_eq!(a.view2, b.view2);
+        }
+    }
+
+    #[test]
+    fn prepare_runs_on_the_producer_thread_and_its_result_comes_with_the_batch() {
+        let ds = dataset(21);
+        let aug = AugmentConfig {
+            size: 8,
+            ..AugmentConfig::default()
+        };
+        let consumer = std::thread::current().id();
+        let prepare = |b: &mut Batch| {
+            let view1 = std::mem::take(&mut b.view1);
+            (std::thread::current().id(), b.step, view1)
+        };
+        let reference = all(0, 2);
+        let seen = with_prepared_loader(&ds, plan(0), &aug, OnCorrupt::Fail, 2, &prepare, |l| {
+            let mut out = Vec::new();
+            while let Some(b) = l.next_prepared().expect("no decode errors") {
+                out.push(b);
+            }
+            out
+        });
+        assert_eq!(seen.len(), reference.len());
+        for ((batch, (thread, step, view1)), expected) in seen.iter().zip(&reference) {
+            assert_ne!(*thread, consumer);
+            assert_eq!((*step, batch.step), (expected.step, expected.step));
+            assert!(batch.view1.is_empty(), "taken by prepare");
+            assert_eq!(view1, &expected.view1);
+            assert_eq!(batch.view2, expected.view2);
         }
     }
 

@@ -20,13 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
+use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use byol_eval::KnnAccuracy;
 use byol_model::{Byol, Encoder, ResNet};
 use serde::Serialize;
 
 use crate::budget::{DataFacts, DeviceMemory};
-use crate::loader::with_loader;
+use crate::loader::{Batch, with_prepared_loader};
 use crate::{RunConfig, TrainError};
 use model::{Custom, ModelSource, ResNets, init_from};
 pub use plan::{RunPlan, StepCounts, plan_run};
@@ -239,15 +240,21 @@ where
     let mut session = Session::start(config, out_dir, device, options, data, source, hooks)?;
     let (train, plan) = (session.train_data(), session.plan());
     let d = &config.data;
-    let trained = with_loader(
+    let upload = Upload::<B> {
+        device: device.clone(),
+        channels: train.channels(),
+        size: config.augment.size,
+    };
+    let trained = with_prepared_loader(
         &*train,
         plan,
         &config.augment,
         d.on_corrupt,
         d.prefetch,
+        &|batch| upload.views(batch),
         |loader| {
-            while let Some(batch) = loader.next_batch()? {
-                session.on_batch(batch, loader.waited())?;
+            while let Some((batch, views)) = loader.next_prepared()? {
+                session.on_batch(batch, Some(views), loader.waited())?;
             }
             session.end_loop(loader.waited());
             Ok(())
@@ -258,6 +265,28 @@ where
         return Err(e);
     }
     session.finish(started)
+}
+
+/// A batch's two views on the device, `[n, channels, size, size]` each.
+pub(crate) type Views<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
+/// The loader thread's upload of each batch's views to the device: the copy
+/// overlaps the step in flight, and the host buffers are freed there.
+struct Upload<B: Backend> {
+    device: B::Device,
+    channels: usize,
+    size: usize,
+}
+
+impl<B: Backend> Upload<B> {
+    fn views(&self, batch: &mut Batch) -> Views<B> {
+        let shape = [batch.len, self.channels, self.size, self.size];
+        let up = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), &self.device);
+        (
+            up(std::mem::take(&mut batch.view1)),
+            up(std::mem::take(&mut batch.view2)),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use super::guard::{CollapseGuard, Verdict};
 use super::model::ModelSource;
 use super::online::OnlineLinear;
 use super::readback::{self, InStep};
-use super::{Hooks, PretrainOptions, RunSummary, StopSignal};
+use super::{Hooks, PretrainOptions, RunSummary, StopSignal, Views};
 use crate::checkpoint::{
     CHECKPOINTS, TrainState, load_module, newest_usable, save_module, write_atomic,
     write_checkpoint,
@@ -337,16 +337,23 @@ where
     }
 
     /// One batch of the loop: the step, then whatever falls due after it
-    /// (log interval, epoch end, checkpoint, stop). `waited` is the
-    /// loader's total wait so far.
+    /// (log interval, epoch end, checkpoint, stop). `views` are the
+    /// batch's views already on the device (uploaded by the loader thread),
+    /// or `None` to upload them from `batch` here. `waited` is the loader's
+    /// total wait so far.
     ///
     /// # Errors
     ///
     /// [`TrainError::NonFinite`], [`TrainError::Collapsed`],
     /// [`TrainError::Interrupted`] (after its checkpoint), output errors.
-    pub(crate) fn on_batch(&mut self, batch: Batch, waited: Duration) -> Result<(), TrainError> {
+    pub(crate) fn on_batch(
+        &mut self,
+        batch: Batch,
+        views: Option<Views<B>>,
+        waited: Duration,
+    ) -> Result<(), TrainError> {
         let epoch = batch.epoch;
-        let out = self.step(batch);
+        let out = self.step(batch, views);
         let done = self.state.step;
         let total = self.length.total_steps;
         if done.is_multiple_of(self.config.train.log_every) || done == total {
@@ -378,7 +385,7 @@ where
 
     /// The BYOL step of `batch`; its loss joins the epoch's sum on the
     /// device, unread.
-    fn step(&mut self, batch: Batch) -> StepOutput<B::InnerBackend> {
+    fn step(&mut self, batch: Batch, views: Option<Views<B>>) -> StepOutput<B::InnerBackend> {
         let _step = InStep::enter();
         self.bar
             .set_prefix(format!("epoch {}/{}", batch.epoch, self.length.epochs));
@@ -394,7 +401,7 @@ where
         );
         let upload =
             |v: &[f32]| Tensor::<B, 1>::from_floats(v, self.device).reshape([n, c, size, size]);
-        let (v1, v2) = (upload(&batch.view1), upload(&batch.view2));
+        let (v1, v2) = views.unwrap_or_else(|| (upload(&batch.view1), upload(&batch.view2)));
         let settings = self.length.step_settings(self.config, batch.step);
         let model = self
             .model
