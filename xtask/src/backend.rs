@@ -7,7 +7,9 @@
 //! keeps its CPU backend, so one binary serves both.
 //!
 //! Commands implement [`Task`], a job generic over the autodiff backend;
-//! [`run`] parses `--device` and runs it on the matching backend.
+//! [`run`] parses `--device` and runs it on the matching backend. A job
+//! on several devices of one backend (data-parallel peers, `--devices`)
+//! implements [`PeersTask`] and runs through [`run_peers`].
 
 use anyhow::{Result, bail};
 use burn::tensor::backend::AutodiffBackend;
@@ -19,6 +21,42 @@ pub trait Task {
     type Output;
     /// Runs the work on backend `B` and `device`.
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+/// Work on several devices of one backend (data-parallel peers).
+pub trait PeersTask {
+    /// What the work returns.
+    type Output;
+    /// Runs the work on backend `B` and `devices` (at least one).
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output>;
+}
+
+/// What the backend functions below run: a [`Task`] on the first device,
+/// or a [`PeersTask`] on all.
+trait Job {
+    type Output;
+    fn go<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output>;
+}
+
+struct One<T>(T);
+
+impl<T: Task> Job for One<T> {
+    type Output = T::Output;
+    fn go<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<T::Output> {
+        let Some(device) = devices.into_iter().next() else {
+            bail!("no device given");
+        };
+        self.0.run::<B>(device)
+    }
+}
+
+struct Many<T>(T);
+
+impl<T: PeersTask> Job for Many<T> {
+    type Output = T::Output;
+    fn go<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<T::Output> {
+        self.0.run::<B>(devices)
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -155,11 +193,61 @@ fn mem_available(meminfo: &str) -> Option<u64> {
 
 /// Runs `task` on the backend and device named by `device`.
 pub fn run<T: Task>(device: &str, task: T) -> Result<T::Output> {
-    match parse(device)? {
-        Device::Cpu => run_cpu(task),
-        Device::Cuda(index) => run_cuda(device, index, task),
-        Device::Wgpu(index) => run_wgpu(device, wgpu_device(index), task),
-        Device::WgpuCpu => run_wgpu(device, WgpuChoice::Cpu, task),
+    dispatch(&[device.to_string()], One(task))
+}
+
+/// Runs `task` on the devices named by `devices`, which must all be of one
+/// backend (`cpu,cpu`, `cuda:0,cuda:1`, `wgpu:0,wgpu:1`).
+///
+/// # Errors
+///
+/// A device that does not parse, an empty list, devices of different
+/// backends, a backend this binary was built without.
+pub fn run_peers<T: PeersTask>(devices: &[String], task: T) -> Result<T::Output> {
+    dispatch(devices, Many(task))
+}
+
+fn dispatch<J: Job>(names: &[String], job: J) -> Result<J::Output> {
+    let parsed = names.iter().map(|d| parse(d)).collect::<Result<Vec<_>>>()?;
+    let Some(first) = parsed.first().copied() else {
+        bail!("--devices: no device given (expected e.g. `cpu,cpu` or `cuda:0,cuda:1`)");
+    };
+    let kind = |d: &Device| std::mem::discriminant(d);
+    let same_backend = |d: &Device| match (first, d) {
+        (Device::Wgpu(_) | Device::WgpuCpu, Device::Wgpu(_) | Device::WgpuCpu) => true,
+        _ => kind(&first) == kind(d),
+    };
+    if let Some(i) = parsed.iter().position(|d| !same_backend(d)) {
+        bail!(
+            "--devices {}: {} and {} are of different backends; the peers of a run share one",
+            names.join(","),
+            names[0],
+            names[i]
+        );
+    }
+    let label = names.join(",");
+    match first {
+        Device::Cpu => run_cpu(names.len(), job),
+        Device::Cuda(_) => {
+            let indices = parsed
+                .iter()
+                .map(|d| match d {
+                    Device::Cuda(i) => *i,
+                    _ => 0,
+                })
+                .collect();
+            run_cuda(&label, indices, job)
+        }
+        Device::Wgpu(_) | Device::WgpuCpu => {
+            let choices = parsed
+                .iter()
+                .map(|d| match d {
+                    Device::Wgpu(index) => wgpu_device(*index),
+                    _ => WgpuChoice::Cpu,
+                })
+                .collect();
+            run_wgpu(&label, choices, job)
+        }
     }
 }
 
@@ -178,53 +266,58 @@ fn wgpu_device(index: Option<usize>) -> WgpuChoice {
 }
 
 #[cfg(feature = "wgpu")]
-fn run_wgpu<T: Task>(_device: &str, choice: WgpuChoice, task: T) -> Result<T::Output> {
+fn run_wgpu<J: Job>(_device: &str, choices: Vec<WgpuChoice>, job: J) -> Result<J::Output> {
     use burn::backend::wgpu::WgpuDevice;
     use burn::backend::{Autodiff, Wgpu};
-    let device = match choice {
-        WgpuChoice::Default => WgpuDevice::DefaultDevice,
-        WgpuChoice::Discrete(i) => WgpuDevice::DiscreteGpu(i),
-        WgpuChoice::Cpu => WgpuDevice::Cpu,
-    };
-    task.run::<Autodiff<Wgpu>>(device)
+    let devices = choices
+        .into_iter()
+        .map(|choice| match choice {
+            WgpuChoice::Default => WgpuDevice::DefaultDevice,
+            WgpuChoice::Discrete(i) => WgpuDevice::DiscreteGpu(i),
+            WgpuChoice::Cpu => WgpuDevice::Cpu,
+        })
+        .collect();
+    job.go::<Autodiff<Wgpu>>(devices)
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn run_wgpu<T: Task>(device: &str, _choice: WgpuChoice, _task: T) -> Result<T::Output> {
+fn run_wgpu<J: Job>(device: &str, _choices: Vec<WgpuChoice>, _job: J) -> Result<J::Output> {
     bail!(
         "--device {device}: this binary was built without the wgpu backend; rebuild with `--features wgpu`, or pass --device cpu"
     )
 }
 
 #[cfg(feature = "flex")]
-fn run_cpu<T: Task>(task: T) -> Result<T::Output> {
+fn run_cpu<J: Job>(count: usize, job: J) -> Result<J::Output> {
     use burn::backend::{Autodiff, Flex};
-    task.run::<Autodiff<Flex>>(Default::default())
+    job.go::<Autodiff<Flex>>(vec![Default::default(); count])
 }
 
 #[cfg(all(not(feature = "flex"), feature = "ndarray"))]
-fn run_cpu<T: Task>(task: T) -> Result<T::Output> {
+fn run_cpu<J: Job>(count: usize, job: J) -> Result<J::Output> {
     use burn::backend::{Autodiff, NdArray};
-    task.run::<Autodiff<NdArray>>(Default::default())
+    job.go::<Autodiff<NdArray>>(vec![Default::default(); count])
 }
 
 #[cfg(not(any(feature = "flex", feature = "ndarray")))]
-fn run_cpu<T: Task>(_task: T) -> Result<T::Output> {
+fn run_cpu<J: Job>(_count: usize, _job: J) -> Result<J::Output> {
     bail!(
         "--device cpu: this binary was built without a CPU backend; rebuild with the `flex` feature (the default)"
     )
 }
 
 #[cfg(feature = "cuda")]
-fn run_cuda<T: Task>(device: &str, index: usize, task: T) -> Result<T::Output> {
+fn run_cuda<J: Job>(device: &str, indices: Vec<usize>, job: J) -> Result<J::Output> {
     use burn::backend::{Autodiff, Cuda, cuda::CudaDevice};
-    let cuda = CudaDevice::new(index);
-    probe_cuda(device, &cuda)?;
-    task.run::<Autodiff<Cuda>>(cuda)
+    let devices: Vec<CudaDevice> = indices.into_iter().map(CudaDevice::new).collect();
+    for cuda in &devices {
+        probe_cuda(device, cuda)?;
+    }
+    job.go::<Autodiff<Cuda>>(devices)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_cuda<T: Task>(device: &str, _index: usize, _task: T) -> Result<T::Output> {
+fn run_cuda<J: Job>(device: &str, _indices: Vec<usize>, _job: J) -> Result<J::Output> {
     bail!(
         "--device {device}: this binary was built without the cuda backend; rebuild with `--features cuda`, or pass --device cpu"
     )
@@ -291,6 +384,23 @@ mod tests {
             let err = parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(&format!("--device {bad}:")), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn peers_of_different_backends_and_an_empty_list_are_refused() {
+        struct Count;
+        impl PeersTask for Count {
+            type Output = usize;
+            fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<usize> {
+                Ok(devices.len())
+            }
+        }
+        let names = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let err = run_peers(&names(&["cpu", "cuda:0"]), Count).expect_err("mixed");
+        assert!(err.to_string().contains("different backends"), "{err}");
+        assert!(run_peers(&[], Count).is_err());
+        #[cfg(any(feature = "flex", feature = "ndarray"))]
+        assert_eq!(run_peers(&names(&["cpu", "cpu"]), Count).ok(), Some(2));
     }
 
     #[test]

@@ -13,9 +13,10 @@ use byol_model::Stem;
 use byol_train::{EncoderKind, ModelConfig, PretrainOptions, RunConfig};
 use clap::{Subcommand, ValueEnum};
 
-use crate::backend::{self, Task};
+use crate::backend::{self, PeersTask, Task};
 
 mod kernels;
+mod peers;
 mod photos;
 
 use kernels::{StepBenchConfig, StepBenchResult, bench_data, bench_step, peak_rss_mib};
@@ -81,6 +82,11 @@ pub struct StepArgs {
     /// Device, as for `pretrain` (`--peer` uses `cuda` when this is a GPU).
     #[arg(long, default_value = backend::DEFAULT_DEVICE)]
     device: String,
+    /// Data-parallel peers, one per device (`cpu,cpu`, `cuda:0,cuda:1`):
+    /// times the peers' step on shards of the global `--batch` and the
+    /// all-reduce's share of it (replaces --device; no `--peer`).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["device", "peer"])]
+    devices: Vec<String>,
     /// Do not append the table to docs/results.md.
     #[arg(long)]
     no_record: bool,
@@ -350,7 +356,61 @@ fn run_peer(args: &StepArgs, threads: usize) -> Result<Vec<Peer>> {
         .collect()
 }
 
+struct PeerSteps(Vec<StepBenchConfig>);
+
+impl PeersTask for PeerSteps {
+    type Output = Vec<peers::PeersBenchResult>;
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output> {
+        self.0
+            .iter()
+            .map(|c| peers::bench_step_peers::<B>(c, &devices))
+            .collect()
+    }
+}
+
+/// `bench step --devices`: the data-parallel step.
+fn step_peers(args: &StepArgs) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    let results = backend::run_peers(&args.devices, PeerSteps(step_configs(args)))?;
+    let mut table = String::from(
+        "| model | peers | global batch | steps | img/s | ms/step | all-reduce ms/step | all-reduce share |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &results {
+        table.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1}% |\n",
+            r.config.name,
+            r.peers,
+            r.config.batch_size,
+            r.config.steps,
+            r.images_per_sec,
+            r.ms_per_step,
+            r.all_reduce_ms,
+            100.0 * r.all_reduce_ms / r.ms_per_step,
+        ));
+    }
+    let devices = args.devices.join(",");
+    println!(
+        "data-parallel BYOL step, backend {}, devices {devices}, {threads} rayon threads (shared by the peers)",
+        backend::name(&args.devices[0]),
+    );
+    print!("{table}");
+    if !args.no_record {
+        let notes = "\nEach peer a thread with its own replica, on its shard of the global batch; \
+                     the all-reduce time is rank 0's, waiting for the slowest peer included.\n";
+        record(
+            "Benchmark: data-parallel BYOL step",
+            backend::name(&args.devices[0]),
+            &table,
+            notes,
+        )?;
+    }
+    Ok(())
+}
+
 fn step(args: StepArgs) -> Result<()> {
+    if !args.devices.is_empty() {
+        return step_peers(&args);
+    }
     let threads = rayon::current_num_threads();
     let results = backend::run(&args.device, Steps(step_configs(&args)))?;
     if let Some(path) = &args.json {

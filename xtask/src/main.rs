@@ -73,6 +73,23 @@ struct PretrainArgs {
     /// feature.
     #[arg(long, default_value = backend::DEFAULT_DEVICE)]
     device: String,
+    /// Data-parallel peers, one per device, all of one backend: `cpu,cpu`,
+    /// `cuda:0,cuda:1,...`, `wgpu:0,wgpu:1` (`--set train.devices=[...]`;
+    /// replaces --device). `train.batch_size` is the global batch.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    devices: Vec<String>,
+    /// Machines of a multi-node run (`train.nodes`): not built yet, refused
+    /// unless 1.
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// This machine's rank (`train.node_rank`): not built yet, refused
+    /// unless 0.
+    #[arg(long)]
+    node_rank: Option<usize>,
+    /// `HOST:PORT` of rank 0's orchestrator (`train.coordinator`): not
+    /// built yet, refused.
+    #[arg(long)]
+    coordinator: Option<String>,
     /// Run folder (default: runs/<config name>-<unix time>).
     #[arg(long, conflicts_with = "resume")]
     out: Option<PathBuf>,
@@ -124,18 +141,55 @@ struct Pretrain<'a> {
     options: byol_train::PretrainOptions,
 }
 
-impl backend::Task for Pretrain<'_> {
+impl backend::PeersTask for Pretrain<'_> {
     type Output = byol_train::RunSummary;
     fn run<B: burn::tensor::backend::AutodiffBackend>(
         self,
-        device: B::Device,
+        devices: Vec<B::Device>,
     ) -> Result<Self::Output> {
-        Ok(byol_train::pretrain::<B>(
+        Ok(byol_train::pretrain_on::<B>(
             self.config,
             self.out,
-            &device,
+            &devices,
             self.options,
         )?)
+    }
+}
+
+/// The `--set` overrides of the data-parallel and multi-node flags, after
+/// the user's own (a flag wins over `--set`).
+fn parallel_overrides(args: &PretrainArgs) -> Vec<String> {
+    let mut set = args.set.clone();
+    if !args.devices.is_empty() {
+        let list = toml::Value::Array(
+            args.devices
+                .iter()
+                .map(|d| toml::Value::String(d.trim().to_string()))
+                .collect(),
+        );
+        set.push(format!("train.devices={list}"));
+    }
+    if let Some(n) = args.nodes {
+        set.push(format!("train.nodes={n}"));
+    }
+    if let Some(r) = args.node_rank {
+        set.push(format!("train.node_rank={r}"));
+    }
+    if let Some(c) = &args.coordinator {
+        set.push(format!(
+            "train.coordinator={}",
+            toml::Value::String(c.clone())
+        ));
+    }
+    set
+}
+
+/// The devices of a run: `train.devices` when it lists any, else `--device`.
+fn run_devices(config: &byol_train::RunConfig, device: &str) -> Vec<String> {
+    if config.train.devices.is_empty() {
+        vec![device.to_string()]
+    } else {
+        config.train.devices.clone()
     }
 }
 
@@ -206,8 +260,10 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         (None, Some(run)) => run.join("config.toml"),
         (None, None) => PathBuf::from("configs/default.toml"),
     };
-    let (config, config_path) = load_config(Some(&config_path), &args.set, args.data.as_ref())?;
-    let memory = backend::memory(&args.device)?;
+    let set = parallel_overrides(&args);
+    let (config, config_path) = load_config(Some(&config_path), &set, args.data.as_ref())?;
+    let devices = run_devices(&config, &args.device);
+    let memory = backend::memory(&devices[0])?;
     if args.dry_run {
         return dry_run::run(&config, &config_path, &memory)
             .with_context(|| format!("planning a run of {}", config_path.display()));
@@ -228,9 +284,17 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         }
     };
     tracing::info!("device {}", memory.description);
+    if devices.len() > 1 {
+        tracing::info!(
+            "{} data-parallel peers on {}: {} images each per step",
+            devices.len(),
+            devices.join(","),
+            config.train.batch_size / devices.len()
+        );
+    }
     let stop = stop_on_signals()?;
-    let result = backend::run(
-        &args.device,
+    let result = backend::run_peers(
+        &devices,
         Pretrain {
             config: &config,
             out: &out,

@@ -405,6 +405,25 @@ pub struct TrainConfig {
     pub collapse_stop: f64,
     /// Logged intervals of low z-std before the stop or the warning.
     pub collapse_patience: usize,
+    /// Devices of the data-parallel peers, one peer per entry
+    /// (`["cpu", "cpu"]`, `["cuda:0", "cuda:1"]`); empty = the one device
+    /// the caller gives. `batch_size` is the global batch: each peer takes
+    /// an equal, fixed slice of it, and their gradients are averaged
+    /// (burn-collective) before every step.
+    pub devices: Vec<String>,
+    /// BatchNorm statistics over the whole global batch (cross-replica);
+    /// `false`: each peer normalises with its own shard's, as PyTorch DDP.
+    /// `true` is not built yet and is refused.
+    pub sync_batchnorm: bool,
+    /// Machines of a multi-node run (1 = this one). Not built yet: any
+    /// other value is refused.
+    pub nodes: usize,
+    /// This machine's rank among `nodes` (0 hosts the orchestrator). Not
+    /// built yet: any other value than 0 is refused.
+    pub node_rank: usize,
+    /// `HOST:PORT` of rank 0's orchestrator ("" = single machine). Not
+    /// built yet: a value is refused.
+    pub coordinator: String,
 }
 
 impl Default for TrainConfig {
@@ -436,6 +455,11 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             collapse_stop: 0.0,
             collapse_patience: 5,
+            devices: Vec::new(),
+            sync_batchnorm: false,
+            nodes: 1,
+            node_rank: 0,
+            coordinator: String::new(),
         }
     }
 }
@@ -452,6 +476,68 @@ impl TrainConfig {
     /// Images per optimizer step: `batch_size × accumulate`.
     pub fn effective_batch(&self) -> usize {
         self.batch_size.saturating_mul(self.accumulate)
+    }
+
+    /// Data-parallel peers: the entries of `devices`, at least 1.
+    pub fn peers(&self) -> usize {
+        self.devices.len().max(1)
+    }
+
+    /// Checks the data-parallel keys: the batch divides among the peers,
+    /// and what is not built yet (sync BatchNorm, several machines) is
+    /// refused rather than run on one device.
+    fn validate_parallel(&self) -> Result<(), TrainError> {
+        let peers = self.peers();
+        if !self.batch_size.is_multiple_of(peers) {
+            return Err(invalid(
+                "train.batch_size",
+                self.batch_size,
+                &format!(
+                    "a multiple of the {peers} peers of train.devices (each takes an equal \
+                     share of the global batch); {} does not divide by {peers}",
+                    self.batch_size
+                ),
+            ));
+        }
+        if let Some(d) = self.devices.iter().find(|d| d.trim().is_empty()) {
+            return Err(invalid(
+                "train.devices",
+                format!("{d:?}"),
+                "device names such as \"cpu\", \"cuda:0\", \"wgpu:1\"",
+            ));
+        }
+        if self.sync_batchnorm {
+            return Err(invalid(
+                "train.sync_batchnorm",
+                true,
+                "false: cross-replica BatchNorm is not built yet in this version \
+                 (each peer normalises with its own shard's statistics)",
+            ));
+        }
+        let not_built = "is not built yet in this version: multi-node training \
+                         (train.nodes, train.node_rank, train.coordinator) runs on one machine only";
+        if self.nodes != 1 {
+            return Err(invalid(
+                "train.nodes",
+                self.nodes,
+                &format!("1; several machines {not_built}"),
+            ));
+        }
+        if self.node_rank != 0 {
+            return Err(invalid(
+                "train.node_rank",
+                self.node_rank,
+                &format!("0; a node rank {not_built}"),
+            ));
+        }
+        if !self.coordinator.is_empty() {
+            return Err(invalid(
+                "train.coordinator",
+                format!("{:?}", self.coordinator),
+                &format!("\"\"; a coordinator {not_built}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks the `[train]` values against their ranges.
@@ -546,7 +632,7 @@ impl TrainConfig {
                 "at least 1 micro-batch per step",
             ));
         }
-        Ok(())
+        t.validate_parallel()
     }
 
     /// Checks that backend `B` computes in `train.precision` on `device`
@@ -984,5 +1070,41 @@ mod tests {
             }
         }
         assert!(n >= 1, "no config found in {}", dir.display());
+    }
+
+    #[test]
+    fn a_global_batch_that_does_not_divide_among_the_devices_names_both_numbers() {
+        let msg = err(
+            "",
+            &[
+                "train.devices=[\"cpu\", \"cpu\", \"cpu\"]",
+                "train.batch_size=64",
+            ],
+        );
+        assert!(
+            msg.contains("train.batch_size") && msg.contains("64"),
+            "{msg}"
+        );
+        assert!(msg.contains("3 peers"), "{msg}");
+        let c =
+            RunConfig::from_toml("", &["train.devices=[\"cpu\", \"cpu\"]".into()]).expect("parses");
+        c.validate().expect("128 divides by 2");
+        assert_eq!(c.train.peers(), 2);
+        assert_eq!(RunConfig::default().train.peers(), 1);
+    }
+
+    #[test]
+    fn what_is_not_built_yet_is_refused_naming_the_key() {
+        for (set, key) in [
+            ("train.sync_batchnorm=true", "train.sync_batchnorm"),
+            ("train.nodes=2", "train.nodes"),
+            ("train.node_rank=1", "train.node_rank"),
+            ("train.coordinator=\"10.0.0.1:9000\"", "train.coordinator"),
+        ] {
+            let msg = err("", &[set]);
+            assert!(msg.contains(key), "{set}: {msg}");
+            assert!(msg.contains("not built yet"), "{set}: {msg}");
+        }
+        assert!(err("", &["train.devices=[\"cpu\", \"\"]"]).contains("train.devices"));
     }
 }

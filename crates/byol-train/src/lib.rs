@@ -18,6 +18,7 @@ pub mod loader;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod parity;
 pub mod progress;
 pub mod run;
@@ -40,7 +41,7 @@ pub use schedule::{learning_rate, tau};
 pub use step::{Optimizers, StepOutput, StepSettings, byol_step};
 pub use trainer::{
     PretrainOptions, RunPlan, RunSummary, StepCounts, StopSignal, plan_run, pretrain,
-    pretrain_encoder,
+    pretrain_encoder, pretrain_on,
 };
 
 use std::path::PathBuf;
@@ -149,6 +150,10 @@ pub enum TrainError {
     /// A run cannot be resumed as asked.
     #[error("cannot resume: {0}")]
     Resume(String),
+    /// The data-parallel peers failed to register, exchange or finish
+    /// (burn-collective), or a peer stopped.
+    #[error("data-parallel peers: {0}")]
+    Collective(String),
     /// The run would not fit in memory: refused before any work
     /// ([`MemoryPlan::check`]).
     #[error("{}", budget::refusal(*exceeded, *needed, *limit, parts))]

@@ -117,11 +117,40 @@ pub fn byol_step<B: AutodiffBackend, E: Encoder<B> + AutodiffModule<B>>(
 where
     Byol<B, E>: AutodiffModule<B>,
 {
-    let (mut grads, output) = if settings.accumulate > 1 {
-        accumulated_gradients(&model, view1, view2, settings)
+    let (grads, output) = step_gradients(&model, view1, view2, settings);
+    (apply_gradients(model, optimizers, grads, settings), output)
+}
+
+/// The first half of [`byol_step`]: forward and backward of the views
+/// (cut into `settings.accumulate` micro-batches), the gradients not yet
+/// applied. A data-parallel peer averages them with the others' here.
+pub fn step_gradients<B: AutodiffBackend, E: Encoder<B> + AutodiffModule<B>>(
+    model: &Byol<B, E>,
+    view1: Tensor<B, 4>,
+    view2: Tensor<B, 4>,
+    settings: &StepSettings,
+) -> (GradientsParams, StepOutput<B::InnerBackend>)
+where
+    Byol<B, E>: AutodiffModule<B>,
+{
+    if settings.accumulate > 1 {
+        accumulated_gradients(model, view1, view2, settings)
     } else {
-        gradients(&model, view1, view2, settings.forward, 1)
-    };
+        gradients(model, view1, view2, settings.forward, 1)
+    }
+}
+
+/// The second half of [`byol_step`]: the optional global-norm clip, an
+/// optimizer step per parameter group, then the target update.
+pub fn apply_gradients<B: AutodiffBackend, E: Encoder<B> + AutodiffModule<B>>(
+    model: Byol<B, E>,
+    optimizers: &mut Optimizers<Byol<B, E>, B>,
+    mut grads: GradientsParams,
+    settings: &StepSettings,
+) -> Byol<B, E>
+where
+    Byol<B, E>: AutodiffModule<B>,
+{
     if settings.grad_clip_norm > 0.0 {
         clip_global_norm::<B, _>(&mut grads, &model.online, settings.grad_clip_norm);
     }
@@ -130,7 +159,7 @@ where
     let model = optimizers
         .predictor
         .step(settings.predictor_lr, model, predictor_grads);
-    (model.update_target(settings.tau), output)
+    model.update_target(settings.tau)
 }
 
 /// Forward and backward of one (micro-)batch, the loss divided by `parts`
@@ -339,17 +368,25 @@ mod tests {
     /// The loss of each of `steps` SGD steps over the same batch of 8, cut
     /// into `accumulate` micro-batches, and the weights after them (online
     /// encoder, predictor, target encoder).
-    fn run_accumulated(batch_norm: bool, accumulate: usize, steps: usize) -> (Vec<f32>, Vec<f32>) {
+    /// Each run starts from a copy of `first` (weights drawn again per run
+    /// could differ: other tests draw from burn's generator at once).
+    fn run_accumulated(
+        first: &Byol<Autodiff<Flex>, ResNet<Autodiff<Flex>>>,
+        batch_norm: bool,
+        accumulate: usize,
+        steps: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
         type A = Autodiff<Flex>;
         let device = Default::default();
-        let mut model = seeded_byol(batch_norm);
+        let mut model =
+            crate::parallel::replica(first, seeded_byol(batch_norm), &device).expect("replica");
         let mut optim = Optimizers::new(&OptimizerSettings {
             kind: OptimizerKind::Sgd,
             ..settings()
         });
-        A::seed(&device, 5);
-        let x1 = Tensor::<A, 4>::random([8, 1, 16, 16], Distribution::Default, &device);
-        let x2 = Tensor::<A, 4>::random([8, 1, 16, 16], Distribution::Default, &device);
+        // not burn's generator, which other tests running at once draw from
+        let x1 = fixed_images::<A>(5, [8, 1, 16, 16], &device);
+        let x2 = fixed_images::<A>(6, [8, 1, 16, 16], &device);
         let step = StepSettings {
             accumulate,
             ..StepSettings::simple(0.05, 0.9)
@@ -376,6 +413,14 @@ mod tests {
         (losses, w)
     }
 
+    /// Images uniform in [0, 1) drawn from their own ChaCha8 stream.
+    fn fixed_images<B: Backend>(seed: u64, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let values: Vec<f32> = (0..shape.iter().product()).map(|_| rng.random()).collect();
+        Tensor::<B, 1>::from_floats(values.as_slice(), device).reshape(shape)
+    }
+
     fn max_relative_gap(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
         a.iter()
@@ -386,9 +431,10 @@ mod tests {
 
     #[test]
     fn accumulated_micro_batches_equal_the_whole_batch_without_batchnorm() {
-        let (loss1, w1) = run_accumulated(false, 1, 3);
+        let first = seeded_byol(false);
+        let (loss1, w1) = run_accumulated(&first, false, 1, 3);
         for parts in [2, 4] {
-            let (loss, w) = run_accumulated(false, parts, 3);
+            let (loss, w) = run_accumulated(&first, false, parts, 3);
             assert!(
                 max_relative_gap(&loss1, &loss) < 1e-5,
                 "{parts}: {loss1:?} vs {loss:?}"
@@ -397,14 +443,15 @@ mod tests {
             assert!(gap < 1e-4, "{parts} micro-batches: weights differ by {gap}");
         }
         // and the steps did move the weights
-        let (_, w0) = run_accumulated(false, 1, 0);
+        let (_, w0) = run_accumulated(&first, false, 1, 0);
         assert!(max_relative_gap(&w0, &w1) > 1e-3);
     }
 
     #[test]
     fn with_batchnorm_each_micro_batch_has_its_own_statistics() {
-        let (loss1, w1) = run_accumulated(true, 1, 1);
-        let (loss2, w2) = run_accumulated(true, 2, 1);
+        let first = seeded_byol(true);
+        let (loss1, w1) = run_accumulated(&first, true, 1, 1);
+        let (loss2, w2) = run_accumulated(&first, true, 2, 1);
         assert!(
             max_relative_gap(&loss1, &loss2) > 1e-4 || max_relative_gap(&w1, &w2) > 1e-4,
             "BatchNorm over 4 images should differ from over 8"
@@ -414,6 +461,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "does not cut into 3 equal micro-batches")]
     fn a_batch_that_does_not_divide_is_refused() {
-        run_accumulated(false, 3, 1);
+        run_accumulated(&seeded_byol(false), false, 3, 1);
     }
 }

@@ -10,6 +10,7 @@ mod data;
 mod guard;
 mod model;
 mod online;
+mod peers;
 mod plan;
 mod readback;
 mod session;
@@ -152,7 +153,30 @@ pub fn pretrain<B: AutodiffBackend>(
     device: &B::Device,
     options: PretrainOptions,
 ) -> Result<RunSummary, TrainError> {
+    pretrain_on::<B>(config, out_dir, std::slice::from_ref(device), options)
+}
+
+/// [`pretrain`] data-parallel over `devices`, one peer each, as
+/// `train.devices` lists them (resolved by the caller: the library does
+/// not name backends): `train.batch_size` is the global batch, each peer
+/// takes a fixed slice of it and the peers average their gradients before
+/// every step (`crate::parallel`). Peer 0, on `devices[0]` and the calling
+/// thread, logs, evaluates and writes the run folder. One device is
+/// exactly [`pretrain`].
+///
+/// # Errors
+///
+/// As [`pretrain`]; [`TrainError::InvalidConfig`] naming `train.devices`
+/// when `devices` does not match it; [`TrainError::Collective`] when the
+/// peers cannot register or exchange.
+pub fn pretrain_on<B: AutodiffBackend>(
+    config: &RunConfig,
+    out_dir: &Path,
+    devices: &[B::Device],
+    options: PretrainOptions,
+) -> Result<RunSummary, TrainError> {
     config.validate()?;
+    check_devices(config, devices.len())?;
     // checked before the data is scanned; a resumed run loads its weights
     // from the checkpoint instead
     let init_from = if options.resume {
@@ -161,7 +185,23 @@ pub fn pretrain<B: AutodiffBackend>(
         init_from(config)?
     };
     let source = ResNets { config, init_from };
-    run::<B, ResNet<B>>(config, out_dir, device, options, &source, Hooks::default())
+    run::<B, ResNet<B>>(config, out_dir, devices, options, &source, Hooks::default())
+}
+
+/// Checks that the caller resolved `train.devices` into `given` devices.
+fn check_devices(config: &RunConfig, given: usize) -> Result<(), TrainError> {
+    let listed = config.train.peers();
+    if given == listed {
+        return Ok(());
+    }
+    Err(TrainError::InvalidConfig {
+        key: "train.devices".into(),
+        value: format!("{:?}", config.train.devices),
+        expected: format!(
+            "{given} device(s), the number the caller passed (pretrain takes one device; \
+             pretrain_on one per entry of train.devices)"
+        ),
+    })
 }
 
 /// [`pretrain`] with an encoder of your own: `encoder(channels, device)`
@@ -194,6 +234,7 @@ where
     Byol<B, E>: AutodiffModule<B>,
 {
     config.validate()?;
+    check_devices(config, 1)?;
     if !config.model.init_from.as_os_str().is_empty() {
         return Err(TrainError::InvalidConfig {
             key: "model.init_from".into(),
@@ -206,14 +247,22 @@ where
         config,
         build: encoder,
     };
-    run::<B, E>(config, out_dir, device, options, &source, Hooks::default())
+    run::<B, E>(
+        config,
+        out_dir,
+        std::slice::from_ref(device),
+        options,
+        &source,
+        Hooks::default(),
+    )
 }
 
-/// The driver: folder check, data, start or resume, the loop, the finish.
+/// The driver: folder check, data, start or resume, the peers (several
+/// `devices`), the loop, the finish.
 fn run<B, E>(
     config: &RunConfig,
     out_dir: &Path,
-    device: &B::Device,
+    devices: &[B::Device],
     options: PretrainOptions,
     source: &dyn ModelSource<B, E>,
     hooks: Hooks,
@@ -225,6 +274,13 @@ where
     Byol<B, E>: AutodiffModule<B>,
 {
     let started = Instant::now();
+    let Some((device, others)) = devices.split_first() else {
+        return Err(TrainError::InvalidConfig {
+            key: "train.devices".into(),
+            value: "[]".into(),
+            expected: "at least one device".into(),
+        });
+    };
     config.train.check_precision::<B>(device)?;
     // what cannot fit is refused before any work: first before the data is
     // read (a lower bound: the fewest channels, no monitor), then exactly,
@@ -237,29 +293,32 @@ where
     source
         .memory_plan(config, &data.facts())
         .check(options.memory)?;
+    // burn's collective is one group per process: a second data-parallel
+    // run waits here for the first to end
+    let _group = (!others.is_empty()).then(crate::parallel::group_lock);
     let mut session = Session::start(config, out_dir, device, options, data, source, hooks)?;
-    let (train, plan) = (session.train_data(), session.plan());
-    let d = &config.data;
-    let upload = Upload::<B> {
-        device: device.clone(),
-        channels: train.channels(),
-        size: config.augment.size,
+    let replicas = session.replicas(others, source)?;
+    let shape = {
+        let size = config.augment.size;
+        [session.train_data().channels(), size, size]
     };
-    let trained = with_prepared_loader(
-        &*train,
-        plan,
-        &config.augment,
-        d.on_corrupt,
-        d.prefetch,
-        &|batch| upload.views(batch),
-        |loader| {
-            while let Some((batch, views)) = loader.next_prepared()? {
-                session.on_batch(batch, Some(views), loader.waited())?;
-            }
-            session.end_loop(loader.waited());
-            Ok(())
-        },
-    );
+    let trained = std::thread::scope(|scope| {
+        let followers = if replicas.is_empty() {
+            None
+        } else {
+            let (group, followers) = peers::start(scope, replicas, shape, device)?;
+            session.set_group(Some(group));
+            Some(followers)
+        };
+        let trained = train_loop(config, &mut session);
+        // the followers end whatever the loop's outcome: the scope waits
+        // for them
+        let stopped = match (session.set_group(None), followers) {
+            (Some(group), Some(followers)) => peers::stop(group, followers).map(drop),
+            _ => Ok(()),
+        };
+        trained.and(stopped)
+    });
     if let Err(e) = trained {
         session.abandon();
         return Err(e);
@@ -267,15 +326,45 @@ where
     session.finish(started)
 }
 
+/// Feeds the session the loader's batches to the end of the run.
+fn train_loop<B, E>(config: &RunConfig, session: &mut Session<'_, B, E>) -> Result<(), TrainError>
+where
+    B: AutodiffBackend,
+    E: Encoder<B> + AutodiffModule<B>,
+    E::InnerModule: Encoder<B::InnerBackend>,
+    Byol<B, E>: AutodiffModule<B>,
+{
+    let (train, plan) = (session.train_data(), session.plan());
+    let d = &config.data;
+    // one device: the loader thread uploads the views; several: the
+    // session hands each peer its shard
+    let upload = session.upload();
+    with_prepared_loader(
+        &*train,
+        plan,
+        &config.augment,
+        d.on_corrupt,
+        d.prefetch,
+        &|batch| upload.as_ref().map(|u| u.views(batch)),
+        |loader| {
+            while let Some((batch, views)) = loader.next_prepared()? {
+                session.on_batch(batch, views, loader.waited())?;
+            }
+            session.end_loop(loader.waited());
+            Ok(())
+        },
+    )
+}
+
 /// A batch's two views on the device, `[n, channels, size, size]` each.
 pub(crate) type Views<B> = (Tensor<B, 4>, Tensor<B, 4>);
 
 /// The loader thread's upload of each batch's views to the device: the copy
 /// overlaps the step in flight, and the host buffers are freed there.
-struct Upload<B: Backend> {
-    device: B::Device,
-    channels: usize,
-    size: usize,
+pub(crate) struct Upload<B: Backend> {
+    pub(crate) device: B::Device,
+    pub(crate) channels: usize,
+    pub(crate) size: usize,
 }
 
 impl<B: Backend> Upload<B> {
@@ -329,7 +418,7 @@ mod tests {
         run::<Autodiff<Flex>, ResNet<Autodiff<Flex>>>(
             config,
             out,
-            &Default::default(),
+            &[Default::default()],
             options,
             &source,
             hooks,
@@ -411,5 +500,60 @@ mod tests {
             "{err}"
         );
         assert!(list_checkpoints(out.path()).is_empty());
+    }
+
+    /// The logged step losses of a run.
+    fn step_losses(out: &Path) -> Vec<f32> {
+        let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+        text.lines()
+            .filter_map(|l| match serde_json::from_str(l).expect("a record") {
+                crate::metrics::Record::Step { loss, .. } => Some(loss),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn two_cpu_peers_train_the_run_one_device_trains_without_batchnorm() {
+        type A = Autodiff<Flex>;
+        let set = [
+            "model.norm=\"group_ws\"",
+            "model.head_batchnorm=false",
+            "train.max_steps=3",
+            "train.log_every=1",
+            "eval.monitor=false",
+        ];
+        let one = sample_config(&set);
+        let mut two = one.clone();
+        two.train.devices = vec!["cpu".into(), "cpu".into()];
+        let (out1, out2) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let device = Default::default();
+        let s1 = pretrain::<A>(&one, out1.path(), &device, PretrainOptions::default())
+            .expect("one device");
+        let s2 = pretrain_on::<A>(
+            &two,
+            out2.path(),
+            &[Default::default(), Default::default()],
+            PretrainOptions::default(),
+        )
+        .expect("two peers");
+        assert_eq!((s1.steps, s2.steps), (3, 3));
+        let (l1, l2) = (step_losses(out1.path()), step_losses(out2.path()));
+        assert_eq!(l1.len(), 3);
+        for (a, b) in l1.iter().zip(&l2) {
+            assert!((a - b).abs() <= 1e-5 * a.abs(), "losses {l1:?} vs {l2:?}");
+        }
+        // a config that lists two devices refuses one
+        let err = pretrain::<A>(
+            &two,
+            &out2.path().join("x"),
+            &device,
+            PretrainOptions::default(),
+        )
+        .expect_err("one device for two");
+        assert!(err.to_string().contains("train.devices"), "{err}");
     }
 }

@@ -111,7 +111,9 @@ mod tests {
             ("session.rs", include_str!("session.rs")),
             ("online.rs", include_str!("online.rs")),
             ("mod.rs", include_str!("mod.rs")),
+            ("peers.rs", include_str!("peers.rs")),
             ("../step.rs", include_str!("../step.rs")),
+            ("../parallel.rs", include_str!("../parallel.rs")),
         ];
         for (name, source) in sources {
             let code = source.split("#[cfg(test)]").next().unwrap_or(source);

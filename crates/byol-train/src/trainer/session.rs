@@ -2,7 +2,7 @@
 //! clocks, and what happens at each step, at a log interval, at an epoch
 //! end, at a checkpoint and at the finish.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
@@ -16,8 +16,9 @@ use super::data::RunData;
 use super::guard::{CollapseGuard, Verdict};
 use super::model::ModelSource;
 use super::online::OnlineLinear;
+use super::peers::{Group, Replica};
 use super::readback::{self, InStep};
-use super::{Hooks, PretrainOptions, RunSummary, StopSignal, Views};
+use super::{Hooks, PretrainOptions, RunSummary, StopSignal, Upload, Views};
 use crate::checkpoint::{
     CHECKPOINTS, TrainState, load_module, newest_usable, save_module, write_atomic,
     write_checkpoint,
@@ -26,6 +27,7 @@ use crate::collapse::collapse_metrics;
 use crate::config::{LrSchedule, RunConfig, RunIdentity};
 use crate::loader::{Batch, Plan};
 use crate::metrics::{MetricsLog, Record};
+use crate::parallel::{peer_step, replica};
 use crate::step::{Optimizers, StepOutput, StepSettings, byol_step};
 use crate::{TrainError, progress, schedule};
 
@@ -198,6 +200,11 @@ where
     /// only at epoch ends and checkpoints).
     loss_sum: Tensor<B::InnerBackend, 1>,
     resumed_from: Option<usize>,
+    /// The checkpoint this session resumed from, whose optimizer states
+    /// the data-parallel replicas load.
+    resumed_dir: Option<PathBuf>,
+    /// The data-parallel followers, when `train.devices` lists several.
+    group: Option<Group>,
 }
 
 impl<'a, B, E> Session<'a, B, E>
@@ -246,7 +253,7 @@ where
         };
         let resumed_at = resumed.as_ref().map(|(_, dir)| (dir.as_path(), &state));
         let online = online_linear(config, &data, &model, device, resumed_at)?;
-        let resumed_from = resumed.map(|(step, _)| step);
+        let (resumed_from, resumed_dir) = resumed.unzip();
         let bar = progress::bar(
             options.progress,
             length.total_steps,
@@ -273,6 +280,8 @@ where
             clock,
             loss_sum,
             resumed_from,
+            resumed_dir,
+            group: None,
         };
         if resumed_from.is_none() {
             session.measure_baselines()?;
@@ -295,6 +304,16 @@ where
     /// The loader's plan for the rest of the run.
     pub(crate) fn plan(&self) -> Plan {
         self.length.plan(self.config, self.state.step)
+    }
+
+    /// The loader thread's upload of the views with one device; `None`
+    /// with several peers, whose shards the step hands out.
+    pub(crate) fn upload(&self) -> Option<Upload<B>> {
+        self.group.is_none().then(|| Upload {
+            device: self.device.clone(),
+            channels: self.data.train.channels(),
+            size: self.config.augment.size,
+        })
     }
 
     /// The pretraining images.
@@ -353,7 +372,7 @@ where
         waited: Duration,
     ) -> Result<(), TrainError> {
         let epoch = batch.epoch;
-        let out = self.step(batch, views);
+        let out = self.step(batch, views)?;
         let done = self.state.step;
         let total = self.length.total_steps;
         if done.is_multiple_of(self.config.train.log_every) || done == total {
@@ -383,9 +402,21 @@ where
         Ok(())
     }
 
-    /// The BYOL step of `batch`; its loss joins the epoch's sum on the
+    /// The BYOL step of `batch` (with several peers, of rank 0's shard,
+    /// the others' sent to them); its loss joins the epoch's sum on the
     /// device, unread.
-    fn step(&mut self, batch: Batch, views: Option<Views<B>>) -> StepOutput<B::InnerBackend> {
+    /// `views` are the whole batch's, already on the device, when the
+    /// loader uploaded them (one device).
+    ///
+    /// # Errors
+    ///
+    /// With several peers, [`TrainError::Collective`] and a batch that
+    /// skipped images left too small to share.
+    fn step(
+        &mut self,
+        batch: Batch,
+        views: Option<Views<B>>,
+    ) -> Result<StepOutput<B::InnerBackend>, TrainError> {
         let _step = InStep::enter();
         self.bar
             .set_prefix(format!("epoch {}/{}", batch.epoch, self.length.epochs));
@@ -394,23 +425,41 @@ where
                 .suspend(|| tracing::warn!("skipped {name}: {reason}"));
         }
         self.state.skipped_images += batch.skipped.len();
-        let (n, c, size) = (
-            batch.len,
-            self.data.train.channels(),
-            self.config.augment.size,
-        );
-        let upload =
-            |v: &[f32]| Tensor::<B, 1>::from_floats(v, self.device).reshape([n, c, size, size]);
-        let (v1, v2) = views.unwrap_or_else(|| (upload(&batch.view1), upload(&batch.view2)));
+        let (c, size) = (self.data.train.channels(), self.config.augment.size);
+        let per_image = c * size * size;
+        let upload = |v: &[f32], r: &std::ops::Range<usize>| {
+            Tensor::<B, 1>::from_floats(&v[r.start * per_image..r.end * per_image], self.device)
+                .reshape([r.len(), c, size, size])
+        };
         let settings = self.length.step_settings(self.config, batch.step);
         let model = self
             .model
             .take()
             .expect("the model is in the session between steps");
-        let (model, mut out) = byol_step(model, &mut self.optimizers, v1, v2, &settings);
+        let (trained, mine, (model, mut out)) = match &self.group {
+            None => {
+                let all = 0..batch.len;
+                let (v1, v2) = views
+                    .unwrap_or_else(|| (upload(&batch.view1, &all), upload(&batch.view2, &all)));
+                let stepped = byol_step(model, &mut self.optimizers, v1, v2, &settings);
+                (batch.len, all, stepped)
+            }
+            Some(group) => {
+                let usable = group.usable(batch.len, settings.accumulate, batch.step)?;
+                group.dispatch(&batch, usable, per_image, settings)?;
+                let mine = group.leader().shard(usable);
+                let (v1, v2) = (upload(&batch.view1, &mine), upload(&batch.view2, &mine));
+                let leader = group.leader();
+                let stepped = peer_step(leader, model, &mut self.optimizers, v1, v2, &settings);
+                group.collect()?;
+                (usable, mine, stepped?)
+            }
+        };
         self.model = Some(model);
         if let (Some(online), Some(labels)) = (&mut self.online, &batch.labels) {
-            online.train(out.representations.clone(), labels);
+            // with several peers, rank 0's shard: its representations are
+            // the ones this thread holds
+            online.train(out.representations.clone(), &labels[mine]);
         }
         if self.hooks.poisons(batch.step + 1) {
             out.loss = out.loss.mul_scalar(f64::NAN);
@@ -419,11 +468,49 @@ where
         self.state.tau = settings.tau;
         self.state.lr = settings.lr;
         self.state.epoch_steps += 1;
-        self.clock.last_log.images += n;
-        self.clock.epoch.images += n;
+        self.clock.last_log.images += trained;
+        self.clock.epoch.images += trained;
         self.loss_sum = self.loss_sum.clone() + out.loss.clone();
         self.bar.inc(1);
-        out
+        Ok(out)
+    }
+
+    /// Replicas of rank 0's networks and optimizers for the followers, one
+    /// per device of `devices` (ranks 1, 2, …): networks built by `source`
+    /// on their device with rank 0's weights loaded, optimizers fresh or
+    /// loaded from the checkpoint this session resumed from.
+    ///
+    /// # Errors
+    ///
+    /// The source's errors, an unreadable optimizer state.
+    pub(crate) fn replicas(
+        &self,
+        devices: &[B::Device],
+        source: &dyn ModelSource<B, E>,
+    ) -> Result<Vec<Replica<B, E>>, TrainError> {
+        let channels = self.data.train.channels();
+        let settings = self.config.train.optimizer_settings();
+        devices
+            .iter()
+            .map(|device| {
+                let model = replica(self.model(), source.skeleton(channels, device)?, device)?;
+                let optimizers = Optimizers::new(&settings);
+                let optimizers = match &self.resumed_dir {
+                    Some(dir) => optimizers.load(dir, device)?,
+                    None => optimizers,
+                };
+                Ok(Replica {
+                    model,
+                    optimizers,
+                    device: device.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Hands the session the followers' [`Group`] (`None` to take it back).
+    pub(crate) fn set_group(&mut self, group: Option<Group>) -> Option<Group> {
+        std::mem::replace(&mut self.group, group)
     }
 
     /// A log interval: the host reads the loss and the collapse monitors
