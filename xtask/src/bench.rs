@@ -15,6 +15,7 @@ use clap::{Subcommand, ValueEnum};
 
 use crate::backend::{self, PeersTask, Task};
 
+mod folder;
 mod kernels;
 mod peers;
 mod photos;
@@ -34,6 +35,11 @@ pub enum BenchCommand {
     /// Wall time of one epoch of the full Fashion-MNIST with the default
     /// CPU recipe, data loading and augmentation included.
     Epoch(EpochArgs),
+    /// Large image folders made at run time: time to list and to the
+    /// first training step and peak memory with 1 % / 10 % / 100 % of
+    /// `--files` small JPEGs (default 1,000,000), and with `--photos P` a
+    /// ResNet-18 run at 224 px on an ImageNet-like folder.
+    Folder(folder::FolderArgs),
 }
 
 /// Which model settings `bench step` times.
@@ -177,6 +183,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Step(args) => step(args),
         BenchCommand::Data(args) => data(args),
         BenchCommand::Epoch(args) => epoch(args),
+        BenchCommand::Folder(args) => folder::bench(args),
     }
 }
 

@@ -18,10 +18,11 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
+use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use image::ImageReader;
+use image::{ImageFormat, ImageReader};
 use rayon::prelude::*;
 
 use crate::{BadFile, DataError, Dataset, Format, Image, OnCorrupt, OpenOptions, Split};
@@ -207,11 +208,100 @@ impl Walk {
     }
 }
 
+/// The first marker of a JPEG file (SOI, then the start of a segment).
+const JPEG_MAGIC: [u8; 3] = [0xFF, 0xD8, 0xFF];
+
+/// The end-of-image marker that closes every complete JPEG file.
+const JPEG_EOI: [u8; 2] = [0xFF, 0xD9];
+
+/// Where the first start-of-scan marker (FF DA) of the JPEG `bytes` is,
+/// found by walking the segments from the start; `None` when the walk
+/// cannot find one (the decoder then judges the file).
+fn first_scan(bytes: &[u8]) -> Option<usize> {
+    let mut pos = 2;
+    loop {
+        while bytes.get(pos) == Some(&0xFF) && bytes.get(pos + 1) == Some(&0xFF) {
+            pos += 1; // fill bytes
+        }
+        if bytes.get(pos) != Some(&0xFF) {
+            return None;
+        }
+        let marker = *bytes.get(pos + 1)?;
+        match marker {
+            0xDA => return Some(pos),
+            0x01 | 0xD0..=0xD7 => pos += 2, // no length
+            _ => {
+                let len = u16::from_be_bytes([*bytes.get(pos + 2)?, *bytes.get(pos + 3)?]);
+                pos += 2 + usize::from(len);
+            }
+        }
+    }
+}
+
+/// Why the JPEG `bytes` are cut short, or `None` when they end with
+/// their end-of-image marker after the image data (bytes after it, as
+/// some cameras append, are allowed). The marker cannot occur inside
+/// entropy-coded data (every FF byte there is followed by 00 or a restart
+/// marker), so its last occurrence after the first scan marks the end.
+fn jpeg_cut(bytes: &[u8]) -> Option<String> {
+    if bytes.ends_with(&JPEG_EOI) {
+        return None;
+    }
+    let scan = first_scan(bytes)?;
+    let complete = bytes[scan..].windows(2).rev().any(|w| w == JPEG_EOI);
+    (!complete).then(|| {
+        format!(
+            "truncated JPEG: {} bytes and no end-of-image marker (FF D9) after the image data",
+            bytes.len()
+        )
+    })
+}
+
+/// For a JPEG file, why it is cut short ([`jpeg_cut`]); reads its first
+/// and last bytes only, and the whole file when it does not end with the
+/// end-of-image marker. Leaves `file` at its start.
+fn jpeg_file_cut(file: &mut fs::File) -> std::io::Result<Option<String>> {
+    let len = file.metadata()?.len();
+    let mut head = [0u8; 3];
+    let mut tail = [0u8; 2];
+    let cut = if len < 5 || file.read_exact(&mut head).is_err() || head != JPEG_MAGIC {
+        None
+    } else {
+        file.seek(SeekFrom::End(-2))?;
+        file.read_exact(&mut tail)?;
+        if tail == JPEG_EOI {
+            None
+        } else {
+            let mut bytes = Vec::new();
+            file.seek(SeekFrom::Start(0))?;
+            file.read_to_end(&mut bytes)?;
+            jpeg_cut(&bytes)
+        }
+    };
+    file.seek(SeekFrom::Start(0))?;
+    Ok(cut)
+}
+
+/// A reader of `source` with the format its extension names (as
+/// `ImageReader::open`), which the content's magic bytes then override.
+fn reader_for<R: std::io::BufRead + Seek>(path: &Path, source: R) -> ImageReader<R> {
+    let mut reader = ImageReader::new(source);
+    if let Ok(format) = ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    reader
+}
+
 /// Checks that `path` opens as an image of a known format with non-zero
-/// dimensions, reading only its header. Returns the reason it is bad.
+/// dimensions, reading only its header (and, for a JPEG, its last two
+/// bytes: [`jpeg_file_cut`]). Returns the reason it is bad.
 fn check_header(path: &Path) -> Result<(), String> {
-    let reader = ImageReader::open(path)
-        .and_then(ImageReader::with_guessed_format)
+    let mut file = fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    if let Some(cut) = jpeg_file_cut(&mut file).map_err(|e| format!("cannot read: {e}"))? {
+        return Err(cut);
+    }
+    let reader = reader_for(path, BufReader::new(file))
+        .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
     if reader.format().is_none() {
         return Err("not a recognised image format".to_string());
@@ -225,10 +315,24 @@ fn check_header(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Decodes `path` to RGB.
+/// Decodes `path` to RGB. A JPEG cut short is an error ([`jpeg_cut`]):
+/// the decoder would fill the missing rows with grey and say nothing, where
+/// PIL raises "image file is truncated".
 fn decode_rgb(path: &Path) -> Result<Image, DataError> {
-    let reader = ImageReader::open(path)
-        .and_then(ImageReader::with_guessed_format)
+    let bytes = fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.starts_with(&JPEG_MAGIC)
+        && let Some(reason) = jpeg_cut(&bytes)
+    {
+        return Err(DataError::Decode {
+            path: path.to_path_buf(),
+            reason,
+        });
+    }
+    let reader = reader_for(path, Cursor::new(bytes))
+        .with_guessed_format()
         .map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,

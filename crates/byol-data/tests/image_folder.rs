@@ -233,6 +233,64 @@ fn truncated_png_payload_passes_the_prescan_and_fails_at_decode() {
     assert!(err.to_string().contains("big.png"), "{err}");
 }
 
+/// A 64×48 JPEG of random pixels written by the `image` crate.
+fn jpeg_bytes(seed: u64) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let img = random_rgb(&mut rng, 64, 48);
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+        .encode_image(&img)
+        .expect("encodable");
+    bytes
+}
+
+#[test]
+fn a_truncated_jpeg_is_a_bad_file_of_the_prescan_under_either_policy() {
+    // The decoder fills a cut JPEG's missing rows with grey and says
+    // nothing; the pre-scan finds the end-of-image marker missing instead.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = jpeg_bytes(5);
+    write(dir.path(), "cls/good.jpg", &full);
+    let cut = write(dir.path(), "cls/cut.jpg", &full[..full.len() * 6 / 10]);
+    let err = FolderDataset::open(dir.path(), Split::Train, &OpenOptions::default())
+        .expect_err("fail is the default policy");
+    let DataError::CorruptFiles { files, .. } = &err else {
+        panic!("expected CorruptFiles, got {err:?}");
+    };
+    assert_eq!(files.iter().map(|f| &f.path).collect::<Vec<_>>(), [&cut]);
+    assert!(
+        files[0].reason.contains("truncated JPEG"),
+        "{}",
+        files[0].reason
+    );
+    assert!(err.to_string().contains("cls/cut.jpg"), "{err}");
+    let ds = FolderDataset::open(dir.path(), Split::Train, &skip()).expect("skipped");
+    assert_eq!(names(&ds), ["cls/good.jpg"]);
+    assert_eq!(ds.skipped()[0].path, cut);
+}
+
+#[test]
+fn a_jpeg_cut_after_the_open_fails_at_decode_and_trailing_bytes_are_fine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = jpeg_bytes(6);
+    let mut padded = full.clone();
+    padded.extend_from_slice(b"\0\0camera trailer");
+    write(dir.path(), "cls/a.jpg", &full);
+    write(dir.path(), "cls/b.jpg", &padded);
+    let ds = FolderDataset::open(dir.path(), Split::Train, &OpenOptions::default())
+        .expect("bytes after the end-of-image marker are allowed");
+    assert_eq!(ds.len(), 2);
+    assert_eq!(ds.image(1).expect("decodes").width, 64);
+    write(dir.path(), "cls/a.jpg", &full[..full.len() / 2]);
+    let err = ds.image(0).expect_err("cut after the pre-scan");
+    assert!(matches!(err, DataError::Decode { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("a.jpg") && msg.contains("truncated JPEG"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn empty_folder_is_a_typed_error() {
     let dir = tempfile::tempdir().expect("tempdir");
