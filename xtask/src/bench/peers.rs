@@ -60,6 +60,16 @@ pub fn bench_step_peers<B: AutodiffBackend>(
             config.batch_size
         );
     }
+    if let Some(d) = devices
+        .iter()
+        .find(|d| !config.precision.supported_on::<B>(d))
+    {
+        bail!(
+            "bench step --precision {}: device {d:?} has no {} support",
+            config.precision,
+            config.precision
+        );
+    }
     config
         .model
         .encoder_config(config.channels)
@@ -133,6 +143,7 @@ fn run_peer<B: AutodiffBackend>(
     let settings = StepSettings {
         forward: byol_model::ForwardOptions {
             concat_views: config.concat_views,
+            precision: config.precision,
         },
         ..StepSettings::simple(1e-3, 0.99)
     };
