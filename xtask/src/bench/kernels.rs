@@ -54,6 +54,19 @@ pub struct StepBenchResult {
     pub peak_rss_mib: Option<f64>,
 }
 
+/// The optimizer every `bench step` times, as `bench/torch_byol_step.py`:
+/// Adam with PyTorch's ε, weight decay 1e-6.
+pub fn bench_optimizer() -> OptimizerSettings {
+    OptimizerSettings {
+        kind: OptimizerKind::Adam,
+        weight_decay: 1e-6,
+        momentum: 0.9,
+        lars_eta: 1e-3,
+        lars_exclude_bias_and_norm: true,
+        lars_clip: false,
+    }
+}
+
 /// Fails naming the first of `values` that is zero.
 fn at_least_one(values: &[(&str, usize)]) -> Result<()> {
     if let Some((key, _)) = values.iter().find(|(_, v)| *v == 0) {
@@ -107,14 +120,7 @@ pub fn bench_step<B: AutodiffBackend>(
         })
         .collect();
     drop(generator);
-    let mut optimizer = Optimizers::new(&OptimizerSettings {
-        kind: OptimizerKind::Adam,
-        weight_decay: 1e-6,
-        momentum: 0.9,
-        lars_eta: 1e-3,
-        lars_exclude_bias_and_norm: true,
-        lars_clip: false,
-    });
+    let mut optimizer = Optimizers::new(&bench_optimizer());
     let mut run = |model: Byol<B, ResNet<B>>, n: usize| {
         let mut model = model;
         let mut last = None;

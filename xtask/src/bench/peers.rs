@@ -14,7 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 use byol_model::{Byol, ResNet};
 use byol_train::parallel::{Peer, average, group_lock, replica};
 use byol_train::step::{apply_gradients, step_gradients};
-use byol_train::{OptimizerKind, OptimizerSettings, Optimizers, StepSettings};
+use byol_train::{Optimizers, StepSettings};
 use serde::Serialize;
 
 use super::kernels::StepBenchConfig;
@@ -132,14 +132,7 @@ fn run_peer<B: AutodiffBackend>(
         let draw = || Tensor::random(shape, Distribution::Normal(0.0, 1.0), device);
         (0..4).map(|_| (draw(), draw())).collect()
     };
-    let mut optimizers = Optimizers::new(&OptimizerSettings {
-        kind: OptimizerKind::Adam,
-        weight_decay: 1e-6,
-        momentum: 0.9,
-        lars_eta: 1e-3,
-        lars_exclude_bias_and_norm: true,
-        lars_clip: false,
-    });
+    let mut optimizers = Optimizers::new(&super::kernels::bench_optimizer());
     let settings = StepSettings {
         forward: byol_model::ForwardOptions {
             concat_views: config.concat_views,
