@@ -644,12 +644,15 @@ fn data(args: DataArgs) -> Result<()> {
     Ok(())
 }
 
-struct OneEpoch<'a> {
-    config: &'a RunConfig,
-    out: &'a Path,
+/// A pretraining run as a [`Task`], for the benchmarks that time or
+/// measure one (`bench epoch`, `bench folder`).
+pub(crate) struct Pretrain<'a> {
+    pub(crate) config: &'a RunConfig,
+    pub(crate) out: &'a Path,
+    pub(crate) progress: bool,
 }
 
-impl Task for OneEpoch<'_> {
+impl Task for Pretrain<'_> {
     type Output = byol_train::RunSummary;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
         Ok(byol_train::pretrain::<B>(
@@ -657,7 +660,7 @@ impl Task for OneEpoch<'_> {
             self.out,
             &device,
             PretrainOptions {
-                progress: true,
+                progress: self.progress,
                 ..Default::default()
             },
         )?)
@@ -677,9 +680,10 @@ fn epoch(args: EpochArgs) -> Result<()> {
     let out = tmp.path().join("run");
     let summary = backend::run(
         &args.device,
-        OneEpoch {
+        Pretrain {
             config: &config,
             out: &out,
+            progress: true,
         },
     )?;
     let epoch: serde_json::Value = std::fs::read_to_string(out.join("metrics.jsonl"))?

@@ -17,15 +17,14 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::AutodiffBackend;
 use byol_data::{FolderDataset, Split};
 use byol_fixtures::{PhotoFolder, photo_folder};
-use byol_train::{PretrainOptions, RunConfig};
+use byol_train::RunConfig;
 use rayon::prelude::*;
 
 use super::kernels::peak_rss_mib;
 use super::record;
-use crate::backend::{self, Task};
+use crate::backend;
 
 #[derive(clap::Args, Debug)]
 pub struct FolderArgs {
@@ -130,23 +129,6 @@ fn run_probe(args: &FolderArgs, what: &str, folder: &Path) -> Result<Probe> {
     serde_json::from_str(&line).with_context(|| format!("probe output: {line}"))
 }
 
-struct Pretrain<'a> {
-    config: &'a RunConfig,
-    out: &'a Path,
-}
-
-impl Task for Pretrain<'_> {
-    type Output = byol_train::RunSummary;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        Ok(byol_train::pretrain::<B>(
-            self.config,
-            self.out,
-            &device,
-            PretrainOptions::default(),
-        )?)
-    }
-}
-
 /// The config of a probe's run on `folder`.
 fn probe_config(args: &FolderArgs, what: &str, folder: &Path) -> Result<RunConfig> {
     let path = format!(
@@ -201,9 +183,10 @@ fn probe(args: &FolderArgs, what: &str) -> Result<()> {
         let out = tmp.path().join("run");
         let s = backend::run(
             &args.device,
-            Pretrain {
+            super::Pretrain {
                 config: &config,
                 out: &out,
+                progress: false,
             },
         )?;
         let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
