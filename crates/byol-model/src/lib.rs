@@ -25,6 +25,7 @@
 
 mod block;
 mod byol;
+pub mod cross_replica;
 pub mod fast_conv;
 mod fast_norm;
 mod footprint;
@@ -38,6 +39,7 @@ pub mod torchvision;
 
 pub use block::{BasicBlock, Block, Bottleneck, Downsample, NormSpec};
 pub use byol::{Byol, ByolOutput, ForwardOptions, HeadsConfig, OnlineNetwork, TargetNetwork};
+pub use cross_replica::{CrossReplica, ReplicaSum, with_cross_replica};
 pub use footprint::{EncoderFootprint, HeadFootprint, HeadsFootprint};
 pub use head::{MlpHead, MlpHeadConfig};
 pub use norm::{Identity, Norm, NormKind, batch_norm, conv_forward, conv_forward_in, group_norm};
@@ -78,6 +80,17 @@ pub trait Encoder<B: Backend>: Module<B> + burn::module::ModuleDisplay {
             "this encoder computes in f32 only, not {precision}"
         );
         self.encode(images)
+    }
+
+    /// Whether every BatchNorm layer of the encoder follows
+    /// [`with_cross_replica`] (cross-replica statistics,
+    /// `train.sync_batchnorm`). True of an encoder without BatchNorm, and
+    /// of one whose BatchNorm layers run through [`batch_norm`]. The
+    /// default says no: an encoder of the caller's normalises as its own
+    /// layers do, and a run asked for synchronised BatchNorm refuses it
+    /// rather than normalise per shard.
+    fn syncs_batch_norm(&self) -> bool {
+        false
     }
 
     /// Length of the representation.

@@ -32,6 +32,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
+use crate::cross_replica::{CrossReplica, installed};
 use crate::fast_norm::batch_norm_train;
 use crate::precision::{Precision, conv2d_in};
 
@@ -229,6 +230,11 @@ pub fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: Tensor<B, D>
     let beta = bn.beta.val();
     let y = if B::ad_enabled(&x3.device()) {
         let count = n * rest;
+        if let Some(cross) = installed::<B>() {
+            let (y, mean, var) = cross_replica_batch_norm(&cross, x3, gamma, beta, bn.epsilon);
+            update_running(bn, mean, var, count * cross.replicas);
+            return y.reshape(dims);
+        }
         if let Some((y, mean, var)) = batch_norm_train(&x3, &gamma, &beta, bn.epsilon) {
             update_running(bn, mean, var, count);
             return y.reshape(dims);
@@ -254,6 +260,30 @@ pub fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: Tensor<B, D>
         x3 * per_row(scale) + per_row(shift)
     };
     y.reshape(dims)
+}
+
+/// BatchNorm of `x` (`[n, c, rest]`, this replica's shard) with the mean
+/// and biased variance of the whole global batch: per-channel sums, summed
+/// over the replicas by `cross` ([`crate::cross_replica`]), in two passes
+/// (the mean, then the centred squares) so that the arithmetic is the one
+/// of a single device over the whole batch. Also the statistics, for the
+/// running averages.
+fn cross_replica_batch_norm<B: Backend>(
+    cross: &CrossReplica<B>,
+    x: Tensor<B, 3>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    epsilon: f64,
+) -> (Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>) {
+    let [n, c, rest] = x.dims();
+    let total = (n * rest * cross.replicas) as f64;
+    let per_row = |v: Tensor<B, 1>| v.reshape([1, c, 1]).repeat_dim(0, n);
+    let per_channel = |t: Tensor<B, 3>| t.sum_dim(2).sum_dim(0).reshape([c]);
+    let mean = (cross.sum)(per_channel(x.clone())).div_scalar(total);
+    let centered = x - per_row(mean.clone());
+    let var = (cross.sum)(per_channel(centered.clone().square())).div_scalar(total);
+    let scale = gamma / var.clone().add_scalar(epsilon).sqrt();
+    (centered * per_row(scale) + per_row(beta), mean, var)
 }
 
 /// running ← (1 − momentum)·running + momentum·batch, with the unbiased
@@ -339,6 +369,70 @@ mod tests {
             input_grad,
             input_grad_scale,
             param_grad,
+        }
+    }
+
+    /// [`batch_norm`] on one replica with cross-replica statistics (the
+    /// tensor formula in two passes) against the same without (our fused
+    /// kernel on `Autodiff<Flex>`): outputs, input and parameter gradients
+    /// of `Σ w ⊙ y`, each largest difference relative to the largest value.
+    fn cross_replica_against_fused(x: Tensor<A, 2>, gamma: Tensor<A, 1>) -> [f32; 4] {
+        use crate::cross_replica::{CrossReplica, with_cross_replica};
+        let device = x.device();
+        let [_, c] = x.dims();
+        let bn = BatchNorm {
+            gamma: Param::from_tensor(gamma),
+            ..BatchNormConfig::new(c).init::<A>(&device)
+        };
+        let w = Tensor::<A, 2>::random(x.dims(), Distribution::Default, &device);
+        let run = |cross: bool| {
+            let x = x.clone().require_grad();
+            let y = if cross {
+                let one = CrossReplica::<A> {
+                    sum: std::sync::Arc::new(|t| t),
+                    replicas: 1,
+                };
+                with_cross_replica(one, || batch_norm(&bn, x.clone()))
+            } else {
+                batch_norm(&bn, x.clone())
+            };
+            let g = (y.clone() * w.clone()).sum().backward();
+            let flat = |t: Tensor<A, 2>| t.into_data().to_vec::<f32>().expect("f32");
+            let flat1 = |t: Tensor<A, 1>| t.into_data().to_vec::<f32>().expect("f32");
+            [
+                flat(y),
+                flat(Tensor::from_inner(x.grad(&g).expect("x grad"))),
+                flat1(Tensor::from_inner(bn.gamma.grad(&g).expect("γ grad"))),
+                flat1(Tensor::from_inner(bn.beta.grad(&g).expect("β grad"))),
+            ]
+        };
+        let (a, b) = (run(false), run(true));
+        std::array::from_fn(|i| {
+            let scale = a[i].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = a[i]
+                .iter()
+                .zip(&b[i])
+                .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+            diff / scale
+        })
+    }
+
+    #[test]
+    fn cross_replica_statistics_on_one_replica_equal_the_fused_kernel() {
+        let device = Default::default();
+        // a head's hidden layer: [batch, features], some features spread
+        // little around a far mean
+        let x = Tensor::<A, 2>::random([64, 64], Distribution::Normal(0.5, 1.0), &device);
+        let narrow = Tensor::<A, 2>::random([64, 8], Distribution::Normal(3.0, 0.01), &device);
+        let x = Tensor::cat(vec![x.narrow(1, 0, 56), narrow], 1);
+        let gamma = Tensor::<A, 1>::random([64], Distribution::Normal(1.0, 0.3), &device);
+        // measured 1e-7, 3.4e-6, 3e-8 and 0 (2026-12-01)
+        let gaps = cross_replica_against_fused(x, gamma);
+        for (what, gap) in ["output", "input gradient", "γ gradient", "β gradient"]
+            .iter()
+            .zip(gaps)
+        {
+            assert!(gap < 3e-5, "{what}: {gap} of the largest value");
         }
     }
 

@@ -317,6 +317,12 @@ impl<B: Backend> Encoder<B> for ResNet<B> {
         self.forward_in(images, precision)
     }
 
+    /// Every normalisation of the ResNets is [`crate::batch_norm`],
+    /// [`crate::group_norm`] (per sample, nothing to synchronise) or none.
+    fn syncs_batch_norm(&self) -> bool {
+        true
+    }
+
     fn output_dim(&self) -> usize {
         self.output_dim
     }
