@@ -93,6 +93,10 @@ pub struct StepArgs {
     /// all-reduce's share of it (replaces --device; no `--peer`).
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["device", "peer"])]
     devices: Vec<String>,
+    /// With --devices: BatchNorm statistics over the whole global batch
+    /// (`train.sync_batchnorm`).
+    #[arg(long, requires = "devices")]
+    sync_batchnorm: bool,
     /// Do not append the table to docs/results.md.
     #[arg(long)]
     no_record: bool,
@@ -267,6 +271,7 @@ fn step_configs(args: &StepArgs) -> Vec<StepBenchConfig> {
         steps: args.steps,
         concat_views: args.concat_views,
         precision: args.precision,
+        sync_batchnorm: args.sync_batchnorm,
     };
     let r18 = StepBenchConfig {
         name: "resnet18-cifar 32x32x3".into(),
@@ -397,13 +402,24 @@ fn step_peers(args: &StepArgs) -> Result<()> {
     }
     let devices = args.devices.join(",");
     println!(
-        "data-parallel BYOL step, backend {}, devices {devices}, {threads} rayon threads (shared by the peers)",
+        "data-parallel BYOL step, backend {}, devices {devices}, {threads} rayon threads (shared by the peers), BatchNorm {}",
         backend::name(&args.devices[0]),
+        if args.sync_batchnorm {
+            "synchronised"
+        } else {
+            "per peer"
+        },
     );
     print!("{table}");
     if !args.no_record {
-        let notes = "\nEach peer a thread with its own replica, on its shard of the global batch; \
-                     the all-reduce time is rank 0's, waiting for the slowest peer included.\n";
+        let notes = if args.sync_batchnorm {
+            "\nEach peer a thread with its own replica, on its shard of the global batch, \
+             BatchNorm synchronised (its all-reduces inside the step, not in the share); \
+             the all-reduce time is rank 0's, waiting for the slowest peer included.\n"
+        } else {
+            "\nEach peer a thread with its own replica, on its shard of the global batch; \
+             the all-reduce time is rank 0's, waiting for the slowest peer included.\n"
+        };
         record(
             "Benchmark: data-parallel BYOL step",
             backend::name(&args.devices[0]),

@@ -411,9 +411,10 @@ pub struct TrainConfig {
     /// an equal, fixed slice of it, and their gradients are averaged
     /// (burn-collective) before every step.
     pub devices: Vec<String>,
-    /// BatchNorm statistics over the whole global batch (cross-replica);
-    /// `false`: each peer normalises with its own shard's, as PyTorch DDP.
-    /// `true` is not built yet and is refused.
+    /// BatchNorm statistics over the whole global batch (cross-replica),
+    /// forward and backward, in the encoder and the heads, online and
+    /// target; `false`: each peer normalises with its own shard's, as
+    /// PyTorch DDP. With one device the shard is the batch either way.
     pub sync_batchnorm: bool,
     /// Machines of a multi-node run (1 = this one). Not built yet: any
     /// other value is refused.
@@ -484,7 +485,7 @@ impl TrainConfig {
     }
 
     /// Checks the data-parallel keys: the batch divides among the peers,
-    /// and what is not built yet (sync BatchNorm, several machines) is
+    /// and what is not built yet (several machines) is
     /// refused rather than run on one device.
     fn validate_parallel(&self) -> Result<(), TrainError> {
         let peers = self.peers();
@@ -504,14 +505,6 @@ impl TrainConfig {
                 "train.devices",
                 format!("{d:?}"),
                 "device names such as \"cpu\", \"cuda:0\", \"wgpu:1\"",
-            ));
-        }
-        if self.sync_batchnorm {
-            return Err(invalid(
-                "train.sync_batchnorm",
-                true,
-                "false: cross-replica BatchNorm is not built yet in this version \
-                 (each peer normalises with its own shard's statistics)",
             ));
         }
         let not_built = "is not built yet in this version: multi-node training \
@@ -679,6 +672,31 @@ impl TrainConfig {
             self.precision,
             &format!(
                 "\"f32\": encoder {} computes in f32 only",
+                std::any::type_name::<E>()
+            ),
+        ))
+    }
+
+    /// Checks that `encoder` synchronises its BatchNorm layers when
+    /// `train.sync_batchnorm` asks for it
+    /// ([`byol_model::Encoder::syncs_batch_norm`]; the built-in ResNets do).
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::InvalidConfig`] naming `train.sync_batchnorm`.
+    pub fn check_encoder_batch_norm<B: burn::prelude::Backend, E: byol_model::Encoder<B>>(
+        &self,
+        encoder: &E,
+    ) -> Result<(), TrainError> {
+        if !self.sync_batchnorm || encoder.syncs_batch_norm() {
+            return Ok(());
+        }
+        Err(invalid(
+            "train.sync_batchnorm",
+            true,
+            &format!(
+                "false: encoder {} does not say its BatchNorm layers follow \
+                 byol_model::with_cross_replica (Encoder::syncs_batch_norm)",
                 std::any::type_name::<E>()
             ),
         ))
@@ -1093,10 +1111,52 @@ mod tests {
         assert_eq!(RunConfig::default().train.peers(), 1);
     }
 
+    /// An encoder of the caller's, whose normalisation byol-model cannot see.
+    #[derive(burn::module::Module, Debug)]
+    struct Flat<B: burn::prelude::Backend> {
+        linear: burn::nn::Linear<B>,
+    }
+
+    impl<B: burn::prelude::Backend> byol_model::Encoder<B> for Flat<B> {
+        fn encode(&self, images: burn::prelude::Tensor<B, 4>) -> burn::prelude::Tensor<B, 2> {
+            let [n, ..] = images.dims();
+            self.linear.forward(images.reshape([n as i32, -1]))
+        }
+
+        fn output_dim(&self) -> usize {
+            self.linear.weight.dims()[1]
+        }
+    }
+
+    #[test]
+    fn synchronised_batchnorm_refuses_an_encoder_that_does_not_follow_it() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        let flat = Flat::<B> {
+            linear: burn::nn::LinearConfig::new(4, 2).init(&device),
+        };
+        let resnet = byol_model::ResNetConfig::small().init::<B>(&device);
+        let mut train = TrainConfig::default();
+        train
+            .check_encoder_batch_norm(&flat)
+            .expect("not asked for");
+        train.sync_batchnorm = true;
+        train
+            .check_encoder_batch_norm(&resnet)
+            .expect("ours follow it");
+        let e = train
+            .check_encoder_batch_norm(&flat)
+            .expect_err("a custom encoder")
+            .to_string();
+        assert!(
+            e.contains("train.sync_batchnorm") && e.contains("Flat"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn what_is_not_built_yet_is_refused_naming_the_key() {
         for (set, key) in [
-            ("train.sync_batchnorm=true", "train.sync_batchnorm"),
             ("train.nodes=2", "train.nodes"),
             ("train.node_rank=1", "train.node_rank"),
             ("train.coordinator=\"10.0.0.1:9000\"", "train.coordinator"),

@@ -64,6 +64,10 @@ pub struct StepSettings {
     /// its own, their gradients summed before the optimizer step
     /// (`train.accumulate`; 1 = the whole batch at once).
     pub accumulate: usize,
+    /// With several data-parallel peers, BatchNorm statistics over the
+    /// whole global batch (`train.sync_batchnorm`, [`crate::parallel`]);
+    /// on one device the shard is the batch and nothing changes.
+    pub sync_batchnorm: bool,
 }
 
 impl StepSettings {
@@ -76,6 +80,7 @@ impl StepSettings {
             grad_clip_norm: 0.0,
             forward: ForwardOptions::default(),
             accumulate: 1,
+            sync_batchnorm: false,
         }
     }
 }

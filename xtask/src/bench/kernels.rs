@@ -37,6 +37,8 @@ pub struct StepBenchConfig {
     pub concat_views: bool,
     /// Number format of the convolutions and matrix products.
     pub precision: byol_model::Precision,
+    /// With several peers, cross-replica BatchNorm (`train.sync_batchnorm`).
+    pub sync_batchnorm: bool,
 }
 
 /// What [`bench_step`] measured.

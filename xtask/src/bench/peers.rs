@@ -2,7 +2,8 @@
 //! step (`byol_train::parallel`), one peer thread per device, each on its
 //! shard of the global batch, and the share of the step that rank 0 spends
 //! in the all-reduce of the gradients (the exchange itself and the wait for
-//! the slowest peer).
+//! the slowest peer). With `--sync-batchnorm`, the BatchNorm layers'
+//! all-reduces sit inside the forward and backward, outside that share.
 
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -12,8 +13,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 use byol_model::{Byol, ResNet};
-use byol_train::parallel::{Peer, average, group_lock, replica};
-use byol_train::step::{apply_gradients, step_gradients};
+use byol_train::parallel::{Peer, average, group_lock, peer_gradients, replica};
+use byol_train::step::apply_gradients;
 use byol_train::{Optimizers, StepSettings};
 use serde::Serialize;
 
@@ -138,6 +139,7 @@ fn run_peer<B: AutodiffBackend>(
             concat_views: config.concat_views,
             precision: config.precision,
         },
+        sync_batchnorm: config.sync_batchnorm,
         ..StepSettings::simple(1e-3, 0.99)
     };
     let sync = || B::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"));
@@ -151,7 +153,7 @@ fn run_peer<B: AutodiffBackend>(
             reduce = Duration::ZERO;
         }
         let (v1, v2) = inputs[i % inputs.len()].clone();
-        let (grads, out) = step_gradients(&model, v1, v2, &settings);
+        let (grads, out) = peer_gradients(peer, &model, v1, v2, &settings)?;
         sync()?;
         let t = Instant::now();
         let (grads, _) = average::<B>(peer, grads, out)?;

@@ -103,6 +103,7 @@ impl RunLength {
                 precision: t.precision,
             },
             accumulate: t.accumulate,
+            sync_batchnorm: t.sync_batchnorm,
         }
     }
 
@@ -241,6 +242,9 @@ where
             config
                 .train
                 .check_encoder_precision(&model.online.encoder)?;
+            config
+                .train
+                .check_encoder_batch_norm(&model.online.encoder)?;
             std::fs::create_dir_all(out_dir).map_err(|e| TrainError::Output {
                 path: out_dir.to_path_buf(),
                 message: e.to_string(),
