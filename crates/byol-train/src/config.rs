@@ -416,6 +416,12 @@ pub struct TrainConfig {
     /// target; `false`: each peer normalises with its own shard's, as
     /// PyTorch DDP. With one device the shard is the batch either way.
     pub sync_batchnorm: bool,
+    /// With several peers: seconds the run has to end after a peer fails
+    /// in a step (an error or a panic) before the process exits with
+    /// status 70 and an error naming that peer. The others are then
+    /// waiting in an all-reduce, which burn-collective 0.21 can neither
+    /// time out nor cancel: without this the process would hang.
+    pub peer_failure_grace_s: f64,
     /// Machines of a multi-node run (1 = this one). Not built yet: any
     /// other value is refused.
     pub nodes: usize,
@@ -458,6 +464,7 @@ impl Default for TrainConfig {
             collapse_patience: 5,
             devices: Vec::new(),
             sync_batchnorm: false,
+            peer_failure_grace_s: 30.0,
             nodes: 1,
             node_rank: 0,
             coordinator: String::new(),
@@ -598,6 +605,13 @@ impl TrainConfig {
         }
         if !(t.lars_eta > 0.0 && t.lars_eta.is_finite()) {
             return Err(invalid("train.lars_eta", t.lars_eta, "a finite number > 0"));
+        }
+        if !(t.peer_failure_grace_s > 0.0 && t.peer_failure_grace_s.is_finite()) {
+            return Err(invalid(
+                "train.peer_failure_grace_s",
+                t.peer_failure_grace_s,
+                "a finite number of seconds > 0",
+            ));
         }
         if t.keep_checkpoints == 0 {
             return Err(invalid("train.keep_checkpoints", 0, "at least 1"));

@@ -114,6 +114,9 @@ pub(crate) struct Hooks {
     /// Make the loss of this step (1-based) NaN; 0 = never.
     #[cfg(test)]
     pub(crate) poison_step: usize,
+    /// Make this peer (rank) panic in this step of its own (1-based).
+    #[cfg(test)]
+    pub(crate) panic_peer: Option<(usize, usize)>,
 }
 
 impl Hooks {
@@ -127,6 +130,17 @@ impl Hooks {
     fn poisons(&self, _step: usize) -> bool {
         false
     }
+
+    /// Panics when `rank` is to panic in its `step` (1-based).
+    #[cfg(test)]
+    fn panic_if(&self, rank: usize, step: usize) {
+        if self.panic_peer == Some((rank, step)) {
+            panic!("test hook: peer {rank} panics in step {step}");
+        }
+    }
+
+    #[cfg(not(test))]
+    fn panic_if(&self, _rank: usize, _step: usize) {}
 }
 
 /// Runs BYOL pretraining of the built-in ResNet encoder of `config.model`
@@ -302,11 +316,13 @@ where
         let size = config.augment.size;
         [session.train_data().channels(), size, size]
     };
+    let watchdog = peers::Watchdog::new(config.train.peer_failure_grace_s);
     let trained = std::thread::scope(|scope| {
         let followers = if replicas.is_empty() {
             None
         } else {
-            let (group, followers) = peers::start(scope, replicas, shape, device)?;
+            let (group, followers) =
+                peers::start(scope, replicas, shape, device, &watchdog, hooks)?;
             session.set_group(Some(group));
             Some(followers)
         };
@@ -319,6 +335,8 @@ where
         };
         trained.and(stopped)
     });
+    // every peer's thread has ended: nothing is left waiting
+    watchdog.end();
     if let Err(e) = trained {
         session.abandon();
         return Err(e);
@@ -454,8 +472,16 @@ mod tests {
     fn a_nan_loss_stops_the_run_and_leaves_the_last_checkpoint_loadable() {
         let config = sample_config(&["train.checkpoint_every=2", "train.log_every=3"]);
         let out = tempfile::tempdir().expect("tempdir");
-        let err = run_with(&config, out.path(), false, Hooks { poison_step: 3 })
-            .expect_err("the NaN stops the run");
+        let err = run_with(
+            &config,
+            out.path(),
+            false,
+            Hooks {
+                poison_step: 3,
+                ..Hooks::default()
+            },
+        )
+        .expect_err("the NaN stops the run");
         assert!(
             matches!(err, TrainError::NonFinite { step: 3, .. }),
             "{err}"
@@ -493,8 +519,16 @@ mod tests {
         // step-4 checkpoint finds it
         let config = sample_config(&["train.checkpoint_every=4", "train.log_every=5"]);
         let out = tempfile::tempdir().expect("tempdir");
-        let err = run_with(&config, out.path(), false, Hooks { poison_step: 3 })
-            .expect_err("the NaN stops the run");
+        let err = run_with(
+            &config,
+            out.path(),
+            false,
+            Hooks {
+                poison_step: 3,
+                ..Hooks::default()
+            },
+        )
+        .expect_err("the NaN stops the run");
         assert!(
             matches!(err, TrainError::NonFinite { step: 4, .. }),
             "{err}"
@@ -555,6 +589,111 @@ mod tests {
         )
         .expect_err("one device for two");
         assert!(err.to_string().contains("train.devices"), "{err}");
+    }
+
+    /// The child process of
+    /// [`a_peer_that_fails_mid_run_ends_the_process_naming_it_instead_of_hanging`]:
+    /// two peers, one of which (`BYOL_TEST_PANIC_RANK`) panics in its
+    /// second step, with a checkpoint after the first. It ends its process
+    /// (that is what it shows), so it runs only there.
+    #[test]
+    #[ignore = "a subprocess of a_peer_that_fails_mid_run_...: it exits its process"]
+    fn child_two_peers_one_of_which_panics() {
+        let rank: usize = std::env::var("BYOL_TEST_PANIC_RANK")
+            .expect("BYOL_TEST_PANIC_RANK")
+            .parse()
+            .expect("a rank");
+        let out = std::env::var("BYOL_TEST_OUT").expect("BYOL_TEST_OUT");
+        let mut config = sample_config(&[
+            "train.max_steps=4",
+            "train.checkpoint_every=1",
+            "eval.monitor=false",
+            "train.peer_failure_grace_s=1",
+        ]);
+        config.train.devices = vec!["cpu".into(), "cpu".into()];
+        let source = ResNets {
+            config: &config,
+            init_from: None,
+        };
+        let hooks = Hooks {
+            panic_peer: Some((rank, 2)),
+            ..Hooks::default()
+        };
+        let result = run::<Autodiff<Flex>, ResNet<Autodiff<Flex>>>(
+            &config,
+            Path::new(&out),
+            &[Default::default(), Default::default()],
+            PretrainOptions::default(),
+            &source,
+            hooks,
+        );
+        // reached only if the run ended by itself
+        match result {
+            Err(e) => {
+                eprintln!("the run ended by itself: {e}");
+                std::process::exit(3);
+            }
+            Ok(_) => {
+                eprintln!("the run finished");
+                std::process::exit(4);
+            }
+        }
+    }
+
+    #[test]
+    fn a_peer_that_fails_mid_run_ends_the_process_naming_it_instead_of_hanging() {
+        for rank in [1, 0] {
+            let out = tempfile::tempdir().expect("dir");
+            let run = out.path().join("run");
+            let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "trainer::tests::child_two_peers_one_of_which_panics",
+                    "--nocapture",
+                ])
+                .env("BYOL_TEST_PANIC_RANK", rank.to_string())
+                .env("BYOL_TEST_OUT", &run)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("the test binary again");
+            let started = Instant::now();
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    break status;
+                }
+                if started.elapsed() > std::time::Duration::from_secs(300) {
+                    let _ = child.kill();
+                    panic!("peer {rank} panicked and the run hung (killed after 300 s)");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            };
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+                .expect("stderr");
+            // A follower that panics leaves rank 0 in an all-reduce: the
+            // watchdog ends the process. Rank 0 panicking before its
+            // all-reduce lets the run end by itself with an error (its
+            // leaving the group fails the follower's all-reduce); either
+            // way the error names the peer.
+            let code = status.code();
+            if rank == 0 {
+                assert!(
+                    [Some(peers::EXIT_PEER_FAILED), Some(3)].contains(&code),
+                    "peer 0: {code:?}: {stderr}"
+                );
+            } else {
+                assert_eq!(code, Some(peers::EXIT_PEER_FAILED), "peer {rank}: {stderr}");
+                let named = format!("peer {rank} of 2 failed in a step");
+                assert!(stderr.contains(&named), "{named:?} not in: {stderr}");
+            }
+            let named = format!("peer {rank} of 2 panicked");
+            assert!(stderr.contains(&named), "{named:?} not in: {stderr}");
+            // the checkpoint of step 1 is whole: a run can resume from it
+            let kept = list_checkpoints(&run);
+            assert_eq!(kept.len(), 1, "{kept:?}");
+        }
     }
 
     #[test]

@@ -4,18 +4,102 @@
 //! own replica and optimizers on its device, that take their shard of every
 //! global batch from rank 0 and step with it ([`crate::parallel`]).
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::{Scope, ScopedJoinHandle};
+use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use byol_model::{Byol, Encoder};
 
+use super::Hooks;
 use crate::TrainError;
 use crate::loader::Batch;
 use crate::parallel::{Peer, peer_step};
 use crate::step::{Optimizers, StepSettings};
+
+/// The exit status of a process whose data-parallel peers could not end
+/// after one of them failed (`EX_SOFTWARE`).
+pub const EXIT_PEER_FAILED: i32 = 70;
+
+/// What keeps a failed peer from hanging the process. When a peer fails in
+/// a step (an error or a panic), the others are, or soon will be, waiting
+/// in an all-reduce for its share, and burn-collective 0.21 has no timeout
+/// and no way to cancel one: the run cannot end, and the scope that holds
+/// the peers' threads would wait for them forever. [`Watchdog::failed`]
+/// gives the run `train.peer_failure_grace_s` to end by itself (when the
+/// collective fails for everyone, it does); then it logs an error naming
+/// the peer and exits the process with [`EXIT_PEER_FAILED`]. Checkpoints
+/// are written whole or not at all, so the newest one stays usable.
+#[derive(Debug, Clone)]
+pub(crate) struct Watchdog {
+    ended: Arc<AtomicBool>,
+    grace: Duration,
+}
+
+impl Watchdog {
+    pub(crate) fn new(grace_s: f64) -> Self {
+        Self {
+            ended: Arc::new(AtomicBool::new(false)),
+            grace: Duration::from_secs_f64(grace_s),
+        }
+    }
+
+    /// The run's peers have all ended: a timer started by
+    /// [`Watchdog::failed`] does nothing.
+    pub(crate) fn end(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+    }
+
+    /// `peer` failed in a step with `what`: unless the run ends within the
+    /// grace period, the process exits.
+    pub(crate) fn failed(&self, peer: Peer, what: &str) {
+        tracing::error!(
+            "peer {} of {} failed in a step: {what}",
+            peer.rank,
+            peer.peers
+        );
+        let (ended, grace) = (Arc::clone(&self.ended), self.grace);
+        let message = format!(
+            "peer {} of {} failed in a step ({what}); the other peers wait in an all-reduce \
+             that burn-collective cannot cancel, and the run did not end within \
+             train.peer_failure_grace_s = {} s: exiting with status {EXIT_PEER_FAILED} \
+             (the newest checkpoint is intact; --resume continues from it)",
+            peer.rank,
+            peer.peers,
+            grace.as_secs_f64()
+        );
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < grace {
+                if ended.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !ended.load(Ordering::SeqCst) {
+                tracing::error!("{message}");
+                eprintln!("error: {message}");
+                std::process::exit(EXIT_PEER_FAILED);
+            }
+        });
+    }
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
 
 /// One follower's part of a step: its images of the global batch.
 pub(crate) struct Shard {
@@ -40,6 +124,7 @@ pub(crate) struct Group {
     peers: usize,
     jobs: Vec<SyncSender<Shard>>,
     done: Receiver<Result<(), TrainError>>,
+    watchdog: Watchdog,
 }
 
 /// The followers' threads; [`Group`] and these end together.
@@ -47,6 +132,11 @@ pub(crate) type Followers<'scope, B, E> =
     Vec<ScopedJoinHandle<'scope, Result<Byol<B, E>, TrainError>>>;
 
 impl Group {
+    /// The run's watchdog.
+    pub(crate) fn watchdog(&self) -> &Watchdog {
+        &self.watchdog
+    }
+
     /// Rank 0.
     pub(crate) fn leader(&self) -> Peer {
         Peer {
@@ -149,6 +239,8 @@ pub(crate) fn start<'scope, B, E>(
     replicas: Vec<Replica<B, E>>,
     shape: [usize; 3],
     device: &B::Device,
+    watchdog: &Watchdog,
+    hooks: Hooks,
 ) -> Result<(Group, Followers<'scope, B, E>), TrainError>
 where
     B: AutodiffBackend,
@@ -164,9 +256,16 @@ where
         jobs.push(tx);
         let peer = Peer { rank: i + 1, peers };
         let done = done_tx.clone();
-        followers.push(scope.spawn(move || follow(peer, replica, shape, &rx, &done)));
+        let watchdog = watchdog.clone();
+        followers
+            .push(scope.spawn(move || follow(peer, replica, shape, &rx, &done, &watchdog, hooks)));
     }
-    let group = Group { peers, jobs, done };
+    let group = Group {
+        peers,
+        jobs,
+        done,
+        watchdog: watchdog.clone(),
+    };
     group.leader().join::<B>(device)?;
     tracing::info!(peers, "data-parallel peers registered");
     Ok((group, followers))
@@ -215,6 +314,8 @@ fn follow<B, E>(
     [c, h, w]: [usize; 3],
     jobs: &Receiver<Shard>,
     done: &SyncSender<Result<(), TrainError>>,
+    watchdog: &Watchdog,
+    hooks: Hooks,
 ) -> Result<Byol<B, E>, TrainError>
 where
     B: AutodiffBackend,
@@ -227,21 +328,34 @@ where
         device,
     } = replica;
     peer.join::<B>(&device)?;
+    let mut steps = 0;
     while let Ok(shard) = jobs.recv() {
-        let upload =
-            |v: &[f32]| Tensor::<B, 1>::from_floats(v, &device).reshape([shard.len, c, h, w]);
-        let (v1, v2) = (upload(&shard.view1), upload(&shard.view2));
-        match peer_step(peer, model, &mut optimizers, v1, v2, &shard.settings) {
-            Ok((next, _)) => {
+        steps += 1;
+        let stepped = catch_unwind(AssertUnwindSafe(|| {
+            hooks.panic_if(peer.rank, steps);
+            let upload =
+                |v: &[f32]| Tensor::<B, 1>::from_floats(v, &device).reshape([shard.len, c, h, w]);
+            let (v1, v2) = (upload(&shard.view1), upload(&shard.view2));
+            peer_step(peer, model, &mut optimizers, v1, v2, &shard.settings)
+        }));
+        let e = match stepped {
+            Ok(Ok((next, _))) => {
                 model = next;
                 // rank 0 may have stopped waiting; the channel's close ends the loop
                 let _ = done.send(Ok(()));
+                continue;
             }
-            Err(e) => {
-                let _ = done.send(Err(TrainError::Collective(e.to_string())));
-                return Err(e);
-            }
-        }
+            Ok(Err(e)) => e,
+            Err(panic) => TrainError::Collective(format!(
+                "peer {} of {} panicked: {}",
+                peer.rank,
+                peer.peers,
+                panic_text(&*panic)
+            )),
+        };
+        watchdog.failed(peer, &e.to_string());
+        let _ = done.send(Err(TrainError::Collective(e.to_string())));
+        return Err(e);
     }
     peer.leave::<B>()?;
     Ok(model)

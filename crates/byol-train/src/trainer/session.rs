@@ -2,6 +2,7 @@
 //! clocks, and what happens at each step, at a log interval, at an epoch
 //! end, at a checkpoint and at the finish.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -454,9 +455,26 @@ where
                 let mine = group.leader().shard(usable);
                 let (v1, v2) = (upload(&batch.view1, &mine), upload(&batch.view2, &mine));
                 let leader = group.leader();
-                let stepped = peer_step(leader, model, &mut self.optimizers, v1, v2, &settings);
+                let optimizers = &mut self.optimizers;
+                let hooks = self.hooks;
+                let stepped = catch_unwind(AssertUnwindSafe(|| {
+                    hooks.panic_if(0, batch.step + 1);
+                    peer_step(leader, model, optimizers, v1, v2, &settings)
+                }));
+                let stepped = match stepped {
+                    Ok(stepped) => stepped,
+                    Err(panic) => Err(TrainError::Collective(format!(
+                        "peer 0 of {} panicked: {}",
+                        leader.peers,
+                        super::peers::panic_text(&*panic)
+                    ))),
+                };
+                if let Err(e) = &stepped {
+                    group.watchdog().failed(leader, &e.to_string());
+                }
+                let stepped = stepped?;
                 group.collect()?;
-                (usable, mine, stepped?)
+                (usable, mine, stepped)
             }
         };
         self.model = Some(model);
