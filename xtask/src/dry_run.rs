@@ -50,7 +50,7 @@ pub fn run(config: &RunConfig, config_path: &Path, memory: &Memory) -> Result<()
         Ok(()) => {
             println!(
                 "verdict   {}",
-                verdict(m.device_bytes(), m.host_bytes(), memory.limit)
+                verdict(m.device_bytes(), m.shared_bytes(), memory.limit)
             );
             Ok(())
         }
@@ -118,6 +118,15 @@ fn print_summary(config: &RunConfig, plan: &RunPlan, memory: &Memory) {
         );
     }
     println!("device    {}", memory.description);
+    if m.peers > 1 {
+        println!(
+            "peers     {}: the device parts below are each peer's (its replicas, its {} of the \
+             batch's {} images); peers in one memory (the CPU) count once each",
+            m.peers,
+            count(t.batch_size / m.peers),
+            count(t.batch_size)
+        );
+    }
     for note in &plan.notes {
         println!("note      {note}");
     }
@@ -180,11 +189,13 @@ fn section(title: &str, parts: &[Part], total: Option<(&str, u64)>) {
 }
 
 /// How the estimate compares with the memory, when the check passes.
-fn verdict(device: u64, host: u64, memory: DeviceMemory) -> String {
+/// The verdict of a plan that fits: `device` is one peer's device bytes,
+/// `shared` what every peer and the host take together in one memory.
+fn verdict(device: u64, shared: u64, memory: DeviceMemory) -> String {
     match memory {
         DeviceMemory::Shared(limit) => format!(
             "fits: {} of the {} available",
-            format_bytes(device.saturating_add(host)),
+            format_bytes(shared),
             format_bytes(limit)
         ),
         DeviceMemory::Dedicated(limit) => format!(

@@ -189,6 +189,11 @@ pub struct MemoryPlan {
     pub loader: Part,
     /// The kNN monitor's share; `None` without a monitor.
     pub monitor: Option<MonitorPlan>,
+    /// Data-parallel peers (`train.devices`, at least 1). The device parts
+    /// are each peer's: its replica and optimizer state, and its shard of
+    /// the batch (`train.batch_size / peers` images). Peers that share
+    /// the host's memory (the CPU) count once each.
+    pub peers: usize,
 }
 
 /// The memory of a kNN evaluation, between steps.
@@ -359,13 +364,16 @@ impl MemoryPlan {
         };
         let channels = facts.channels.unwrap_or(fewest);
         let size = a.size as u64;
+        // each peer's shard: the config refuses a batch that does not divide
+        let peers = t.peers();
         let shape = Shape {
             channels,
             size,
             image: product(&[channels as u64, size, size]),
-            batch: t.batch_size as u64,
-            effective: t.effective_batch() as u64,
+            batch: (t.batch_size / peers) as u64,
+            effective: (t.effective_batch() / peers) as u64,
         };
+        let global_batch = t.effective_batch() as u64;
         let encoder = builtin.then(|| config.model.encoder_config(channels).footprint(a.size));
         let heads = encoder.map(|e| {
             config
@@ -396,12 +404,12 @@ impl MemoryPlan {
             format!(
                 "loader queue: {} batches × 2 views × {} images of {channels}×{size}×{size}",
                 prefetch.saturating_add(2),
-                format_count(shape.effective)
+                format_count(global_batch)
             ),
             product(&[
                 prefetch.saturating_add(2),
                 2,
-                shape.effective,
+                global_batch,
                 shape.image,
                 F32,
             ]),
@@ -434,6 +442,7 @@ impl MemoryPlan {
             step,
             loader,
             monitor,
+            peers,
         }
     }
 
@@ -459,6 +468,14 @@ impl MemoryPlan {
         let monitor = self.checked_monitor().map_or(0, MonitorPlan::device_bytes);
         self.resident_bytes()
             .saturating_add(self.step_bytes().max(monitor))
+    }
+
+    /// What host and devices take together where they share one memory
+    /// (the CPU backends): every peer's device bytes and the host's.
+    pub fn shared_bytes(&self) -> u64 {
+        self.device_bytes()
+            .saturating_mul(self.peers as u64)
+            .saturating_add(self.host_bytes())
     }
 
     /// Bytes on the host: the loader's, and the monitor's once counted.
@@ -521,10 +538,10 @@ impl MemoryPlan {
             DeviceMemory::Dedicated(limit) if device > limit => {
                 refuse(Exceeded::Device, device, limit, self.device_parts())
             }
-            DeviceMemory::Shared(limit) if device.saturating_add(host) > limit => {
+            DeviceMemory::Shared(limit) if self.shared_bytes() > limit => {
                 let mut parts = self.device_parts();
                 parts.extend(host_parts);
-                refuse(Exceeded::Shared, device.saturating_add(host), limit, parts)
+                refuse(Exceeded::Shared, self.shared_bytes(), limit, parts)
             }
             _ => Ok(()),
         }
@@ -906,6 +923,38 @@ mod tests {
         assert_eq!(4 * bytes(&one, "input"), bytes(&four, "input"));
         assert_eq!(2 * bytes(&one, "gradients"), bytes(&four, "gradients"));
         assert_eq!(4 * one.loader.bytes, four.loader.bytes);
+    }
+
+    #[test]
+    fn each_peer_holds_its_replica_and_its_shard_and_one_memory_counts_every_peer() {
+        let plan = |overrides: &[&str]| {
+            MemoryPlan::new(&config(Some("default.toml"), overrides), &sample())
+        };
+        let one = plan(&["train.batch_size=64"]);
+        let four = plan(&[
+            "train.batch_size=256",
+            "train.devices=[\"cpu\", \"cpu\", \"cpu\", \"cpu\"]",
+        ]);
+        assert_eq!((one.peers, four.peers), (1, 4));
+        // a peer of four with a global batch of 256 is one device with 64
+        assert_eq!(one.resident, four.resident);
+        assert_eq!(one.step_bytes(), four.step_bytes());
+        assert_eq!(one.device_bytes(), four.device_bytes());
+        // the loader holds the whole global batch
+        assert_eq!(4 * one.loader.bytes, four.loader.bytes);
+        // in one memory, the four peers count four times
+        assert_eq!(
+            four.shared_bytes(),
+            4 * four.device_bytes() + four.host_bytes()
+        );
+        let just = four.shared_bytes();
+        four.check(DeviceMemory::Shared(just))
+            .expect("exactly fits");
+        four.check(DeviceMemory::Shared(just - 1))
+            .expect_err("one byte short");
+        // four GPUs: each its own
+        four.check(DeviceMemory::Dedicated(four.device_bytes()))
+            .expect("each device fits");
     }
 
     #[test]
