@@ -55,17 +55,13 @@ impl Watchdog {
         self.ended.store(true, Ordering::SeqCst);
     }
 
-    /// `peer` failed in a step with `what`: unless the run ends within the
-    /// grace period, the process exits.
+    /// `peer` failed with `what` (in a step, or as it registered): unless
+    /// the run ends within the grace period, the process exits.
     pub(crate) fn failed(&self, peer: Peer, what: &str) {
-        tracing::error!(
-            "peer {} of {} failed in a step: {what}",
-            peer.rank,
-            peer.peers
-        );
+        tracing::error!("peer {} of {} failed: {what}", peer.rank, peer.peers);
         let (ended, grace) = (Arc::clone(&self.ended), self.grace);
         let message = format!(
-            "peer {} of {} failed in a step ({what}); the other peers wait in an all-reduce \
+            "peer {} of {} failed ({what}); the other peers wait in a collective operation \
              that burn-collective cannot cancel, and the run did not end within \
              train.peer_failure_grace_s = {} s: exiting with status {EXIT_PEER_FAILED} \
              (the newest checkpoint is intact; --resume continues from it)",
@@ -266,7 +262,11 @@ where
         done,
         watchdog: watchdog.clone(),
     };
-    group.leader().join::<B>(device)?;
+    // the followers wait in their registration for rank 0's
+    if let Err(e) = group.leader().join::<B>(device) {
+        watchdog.failed(group.leader(), &e.to_string());
+        return Err(e);
+    }
     tracing::info!(peers, "data-parallel peers registered");
     Ok((group, followers))
 }
@@ -327,7 +327,25 @@ where
         mut optimizers,
         device,
     } = replica;
-    peer.join::<B>(&device)?;
+    // the others wait in their registration for this peer's: a failure
+    // here must not leave them there
+    let joined = catch_unwind(AssertUnwindSafe(|| {
+        hooks.panic_if(peer.rank, 0);
+        peer.join::<B>(&device)
+    }));
+    let joined = match joined {
+        Ok(joined) => joined,
+        Err(panic) => Err(TrainError::Collective(format!(
+            "peer {} of {} panicked: {}",
+            peer.rank,
+            peer.peers,
+            panic_text(&*panic)
+        ))),
+    };
+    if let Err(e) = joined {
+        watchdog.failed(peer, &e.to_string());
+        return Err(e);
+    }
     let mut steps = 0;
     while let Ok(shard) = jobs.recv() {
         steps += 1;
