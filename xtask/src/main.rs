@@ -2,7 +2,7 @@
 //! the library crates.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -255,34 +255,15 @@ fn load_config(
 }
 
 fn pretrain(args: PretrainArgs) -> Result<()> {
-    let config_path = match (&args.config, &args.resume) {
-        (Some(path), _) => path.clone(),
-        (None, Some(run)) => run.join("config.toml"),
-        (None, None) => PathBuf::from("configs/default.toml"),
-    };
     let set = parallel_overrides(&args);
-    let (config, config_path) = load_config(Some(&config_path), &set, args.data.as_ref())?;
+    let (config, config_path) = load_config(Some(&config_file(&args)), &set, args.data.as_ref())?;
     let devices = run_devices(&config, &args.device);
     let memory = backend::memory(&devices[0])?;
     if args.dry_run {
         return dry_run::run(&config, &config_path, &memory)
             .with_context(|| format!("planning a run of {}", config_path.display()));
     }
-    let out = match (&args.resume, &args.out) {
-        (Some(run), _) => run.clone(),
-        (None, Some(out)) => out.clone(),
-        (None, None) => {
-            let stem = config_path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("run");
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            PathBuf::from("runs").join(format!("{stem}-{secs}"))
-        }
-    };
+    let out = run_folder(&args, &config_path);
     tracing::info!("device {}", memory.description);
     if devices.len() > 1 {
         tracing::info!(
@@ -313,6 +294,44 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         std::process::exit(INTERRUPTED_EXIT);
     }
     let summary = result.with_context(|| format!("pretraining with {}", config_path.display()))?;
+    print_run_summary(&config, &summary, &out);
+    plot(&out);
+    Ok(())
+}
+
+/// The config a `pretrain` reads: `--config`, else the resumed run's own,
+/// else the default run's.
+fn config_file(args: &PretrainArgs) -> PathBuf {
+    match (&args.config, &args.resume) {
+        (Some(path), _) => path.clone(),
+        (None, Some(run)) => run.join("config.toml"),
+        (None, None) => PathBuf::from("configs/default.toml"),
+    }
+}
+
+/// The run folder: the resumed one, `--out`, else
+/// `runs/<config name>-<unix seconds>`.
+fn run_folder(args: &PretrainArgs, config_path: &Path) -> PathBuf {
+    match (&args.resume, &args.out) {
+        (Some(run), _) => run.clone(),
+        (None, Some(out)) => out.clone(),
+        (None, None) => {
+            let stem = config_path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("run");
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            PathBuf::from("runs").join(format!("{stem}-{secs}"))
+        }
+    }
+}
+
+/// What a finished run prints: the kNN figures against their baselines,
+/// the online classifier's, the steps and where the run folder is.
+fn print_run_summary(config: &byol_train::RunConfig, summary: &byol_train::RunSummary, out: &Path) {
     let pct = |x: Option<byol_eval::KnnAccuracy>| {
         x.map_or_else(
             || "   n/a".to_string(),
@@ -347,8 +366,12 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         summary.final_loss,
         out.display()
     );
-    // the run is finished and saved: a chart that cannot be drawn only warns
-    match byol_plot::plot_run(&out) {
+}
+
+/// The run's charts. The run is finished and saved: a chart that cannot
+/// be drawn only warns.
+fn plot(out: &Path) {
+    match byol_plot::plot_run(out) {
         Ok(files) => println!(
             "charts: {}",
             files
@@ -358,7 +381,6 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         ),
         Err(e) => tracing::warn!("could not plot the run's metrics: {e}"),
     }
-    Ok(())
 }
 
 #[cfg(test)]
