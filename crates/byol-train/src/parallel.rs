@@ -447,6 +447,12 @@ mod tests {
 
     /// One device, the whole batch: losses and final values.
     fn one_device(first: &Net, batch_norm: bool, kind: OptimizerKind) -> (Vec<f32>, Vec<f32>) {
+        let (losses, model) = one_device_run(first, batch_norm, kind);
+        (losses, values(&model))
+    }
+
+    /// [`one_device`]'s losses and final networks.
+    fn one_device_run(first: &Net, batch_norm: bool, kind: OptimizerKind) -> (Vec<f32>, Net) {
         let mut model = start(first, batch_norm);
         let mut optim = optimizers(kind);
         let mut losses = Vec::new();
@@ -455,7 +461,7 @@ mod tests {
             model = next;
             losses.push(out.loss.into_scalar().elem::<f32>());
         }
-        (losses, values(&model))
+        (losses, model)
     }
 
     /// `peers` threads, each on its shard of the same batches: each peer's
@@ -467,6 +473,20 @@ mod tests {
         kind: OptimizerKind,
         sync: bool,
     ) -> Vec<(Vec<f32>, Vec<f32>)> {
+        peer_runs(first, peers, batch_norm, kind, sync)
+            .into_iter()
+            .map(|(losses, model)| (losses, values(&model)))
+            .collect()
+    }
+
+    /// [`data_parallel`]'s losses and final networks, per peer.
+    fn peer_runs(
+        first: &Net,
+        peers: usize,
+        batch_norm: bool,
+        kind: OptimizerKind,
+        sync: bool,
+    ) -> Vec<(Vec<f32>, Net)> {
         let _group = group_lock();
         let replicas: Vec<Net> = (0..peers).map(|_| start(first, batch_norm)).collect();
         let batches = batches();
@@ -497,7 +517,7 @@ mod tests {
                             losses.push(out.loss.into_scalar().elem::<f32>());
                         }
                         peer.leave::<A>().expect("leave");
-                        (losses, values(&model))
+                        (losses, model)
                     })
                 })
                 .collect();
@@ -600,11 +620,6 @@ mod tests {
     #[test]
     fn synchronised_batchnorm_keeps_the_running_statistics_of_one_device() {
         let first = build(true);
-        let mut one = start(&first, true);
-        let mut optim = optimizers(OptimizerKind::Sgd);
-        for (v1, v2) in batches() {
-            one = byol_step(one, &mut optim, v1, v2, &settings(false)).0;
-        }
         let running = |m: &Net| {
             let bn = match &m.online.encoder.bn1 {
                 byol_model::Norm::Batch(bn) => bn,
@@ -613,35 +628,9 @@ mod tests {
             let v = |t: Tensor<A, 1>| t.into_data().to_vec::<f32>().expect("f32");
             (v(bn.running_mean.value()), v(bn.running_var.value()))
         };
-        let (mean1, var1) = running(&one);
-        let _group = group_lock();
-        let finals: Vec<Net> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..2)
-                .map(|rank| {
-                    let mut model = start(&first, true);
-                    s.spawn(move || {
-                        let peer = Peer { rank, peers: 2 };
-                        peer.join::<A>(&Default::default()).expect("join");
-                        let mut optim = optimizers(OptimizerKind::Sgd);
-                        for (v1, v2) in batches() {
-                            let r = peer.shard(8);
-                            let (v1, v2) = (v1.slice(r.clone()), v2.slice(r));
-                            model = peer_step(peer, model, &mut optim, v1, v2, &settings(true))
-                                .expect("step")
-                                .0;
-                        }
-                        peer.leave::<A>().expect("leave");
-                        model
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("peer"))
-                .collect()
-        });
-        for model in &finals {
-            let (mean2, var2) = running(model);
+        let (mean1, var1) = running(&one_device_run(&first, true, OptimizerKind::Sgd).1);
+        for (_, model) in peer_runs(&first, 2, true, OptimizerKind::Sgd, true) {
+            let (mean2, var2) = running(&model);
             assert!(
                 max_relative_gap(&mean1, &mean2) < 1e-4,
                 "{mean1:?} vs {mean2:?}"

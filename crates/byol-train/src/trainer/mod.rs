@@ -469,20 +469,20 @@ mod tests {
         assert!(!dir.exists());
     }
 
+    /// Hooks that make the loss of `step` (1-based) NaN.
+    fn poisoned(step: usize) -> Hooks {
+        Hooks {
+            poison_step: step,
+            ..Hooks::default()
+        }
+    }
+
     #[test]
     fn a_nan_loss_stops_the_run_and_leaves_the_last_checkpoint_loadable() {
         let config = sample_config(&["train.checkpoint_every=2", "train.log_every=3"]);
         let out = tempfile::tempdir().expect("tempdir");
-        let err = run_with(
-            &config,
-            out.path(),
-            false,
-            Hooks {
-                poison_step: 3,
-                ..Hooks::default()
-            },
-        )
-        .expect_err("the NaN stops the run");
+        let err =
+            run_with(&config, out.path(), false, poisoned(3)).expect_err("the NaN stops the run");
         assert!(
             matches!(err, TrainError::NonFinite { step: 3, .. }),
             "{err}"
@@ -520,16 +520,8 @@ mod tests {
         // step-4 checkpoint finds it
         let config = sample_config(&["train.checkpoint_every=4", "train.log_every=5"]);
         let out = tempfile::tempdir().expect("tempdir");
-        let err = run_with(
-            &config,
-            out.path(),
-            false,
-            Hooks {
-                poison_step: 3,
-                ..Hooks::default()
-            },
-        )
-        .expect_err("the NaN stops the run");
+        let err =
+            run_with(&config, out.path(), false, poisoned(3)).expect_err("the NaN stops the run");
         assert!(
             matches!(err, TrainError::NonFinite { step: 4, .. }),
             "{err}"
@@ -548,27 +540,30 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn two_cpu_peers_train_the_run_one_device_trains_without_batchnorm() {
-        type A = Autodiff<Flex>;
-        let set = [
-            "model.norm=\"group_ws\"",
-            "model.head_batchnorm=false",
+    /// The logged losses of `set`'s 3-step run on one device (run by
+    /// `one_device`) and on two CPU peers (`train.sync_batchnorm` as
+    /// `sync`), and the two peers' config.
+    fn one_and_two_peers(
+        set: &[&str],
+        sync: bool,
+        one_device: impl FnOnce(&RunConfig, &Path) -> Result<RunSummary, TrainError>,
+    ) -> (Vec<f32>, Vec<f32>, RunConfig) {
+        let mut set = set.to_vec();
+        set.extend([
             "train.max_steps=3",
             "train.log_every=1",
             "eval.monitor=false",
-        ];
+        ]);
         let one = sample_config(&set);
         let mut two = one.clone();
         two.train.devices = vec!["cpu".into(), "cpu".into()];
+        two.train.sync_batchnorm = sync;
         let (out1, out2) = (
             tempfile::tempdir().expect("dir"),
             tempfile::tempdir().expect("dir"),
         );
-        let device = Default::default();
-        let s1 = pretrain::<A>(&one, out1.path(), &device, PretrainOptions::default())
-            .expect("one device");
-        let s2 = pretrain_on::<A>(
+        let s1 = one_device(&one, out1.path()).expect("one device");
+        let s2 = pretrain_on::<Autodiff<Flex>>(
             &two,
             out2.path(),
             &[Default::default(), Default::default()],
@@ -577,15 +572,26 @@ mod tests {
         .expect("two peers");
         assert_eq!((s1.steps, s2.steps), (3, 3));
         let (l1, l2) = (step_losses(out1.path()), step_losses(out2.path()));
-        assert_eq!(l1.len(), 3);
+        assert_eq!((l1.len(), l2.len()), (3, 3));
+        (l1, l2, two)
+    }
+
+    #[test]
+    fn two_cpu_peers_train_the_run_one_device_trains_without_batchnorm() {
+        type A = Autodiff<Flex>;
+        let set = ["model.norm=\"group_ws\"", "model.head_batchnorm=false"];
+        let (l1, l2, two) = one_and_two_peers(&set, false, |config, out| {
+            pretrain::<A>(config, out, &Default::default(), PretrainOptions::default())
+        });
         for (a, b) in l1.iter().zip(&l2) {
             assert!((a - b).abs() <= 1e-5 * a.abs(), "losses {l1:?} vs {l2:?}");
         }
         // a config that lists two devices refuses one
+        let out = tempfile::tempdir().expect("dir");
         let err = pretrain::<A>(
             &two,
-            &out2.path().join("x"),
-            &device,
+            out.path(),
+            &Default::default(),
             PretrainOptions::default(),
         )
         .expect_err("one device for two");
@@ -712,49 +718,22 @@ mod tests {
         // SGD: Adam's first step is the sign of each gradient element, which
         // turns the rounding of near-zero ones into whole steps (with Adam
         // the losses part by 1.1e-5 relative at step 2; measured 2026-12-01)
-        let set = [
-            "train.optimizer=\"sgd\"",
-            "train.lr=0.01",
-            "train.max_steps=3",
-            "train.log_every=1",
-            "eval.monitor=false",
-        ];
-        let one = sample_config(&set);
-        let mut two = one.clone();
-        two.train.devices = vec!["cpu".into(), "cpu".into()];
-        two.train.sync_batchnorm = true;
-        let (out1, out2) = (
-            tempfile::tempdir().expect("dir"),
-            tempfile::tempdir().expect("dir"),
-        );
+        let set = ["train.optimizer=\"sgd\"", "train.lr=0.01"];
         // The one device normalises by the peers' formula (two passes of
         // tensor sums), with a sum over its one replica: our fused Flex
         // BatchNorm agrees with it per layer to 3e-6 (norm.rs's tests) but
         // three SGD steps through seven BatchNorm layers magnify that to
         // 7e-4 of the loss (measured 2026-12-01 at lr 0.05), which would
         // hide what this test is for.
-        let alone = byol_model::CrossReplica::<A> {
-            sum: std::sync::Arc::new(|t| t),
-            replicas: 1,
-        };
-        byol_model::with_cross_replica(alone, || {
-            pretrain::<A>(
-                &one,
-                out1.path(),
-                &Default::default(),
-                PretrainOptions::default(),
-            )
-        })
-        .expect("one device");
-        pretrain_on::<A>(
-            &two,
-            out2.path(),
-            &[Default::default(), Default::default()],
-            PretrainOptions::default(),
-        )
-        .expect("two peers");
-        let (l1, l2) = (step_losses(out1.path()), step_losses(out2.path()));
-        assert_eq!((l1.len(), l2.len()), (3, 3));
+        let (l1, l2, _) = one_and_two_peers(&set, true, |config, out| {
+            let alone = byol_model::CrossReplica::<A> {
+                sum: std::sync::Arc::new(|t| t),
+                replicas: 1,
+            };
+            byol_model::with_cross_replica(alone, || {
+                pretrain::<A>(config, out, &Default::default(), PretrainOptions::default())
+            })
+        });
         // the first step's forward is the same computation (measured equal
         // to the last bit); later steps part by the rounding of sums taken
         // over two halves, which BatchNorm magnifies (2.3e-5 relative at
