@@ -26,7 +26,10 @@
 //!   rows of one chunk of queries (as `byol_eval::knn_classify` cuts them);
 //! - **on the host**: the loader's `data.prefetch + 2` batches of two
 //!   views, and the monitor's evaluation batch and similarity rows read
-//!   back.
+//!   back. With one device the loader thread uploads each batch's views
+//!   as it queues them, so its `data.prefetch` queued batches are resident
+//!   on the device instead and two stay on the host (the one being made
+//!   and the one being uploaded).
 //!
 //! The device peak is the resident part plus the larger of the step and
 //! the evaluation. Not counted: the decoded source images of a batch
@@ -399,26 +402,38 @@ impl MemoryPlan {
             step.extend(activations(config, shape, &e, &h, &parts));
         }
         let prefetch = config.data.prefetch as u64;
+        let loader_keys = [
+            "data.prefetch",
+            "train.batch_size",
+            "train.accumulate",
+            "augment.size",
+        ];
+        // one device: the loader thread uploads what it queues
+        let (on_host, on_device) = if peers == 1 {
+            (2, prefetch)
+        } else {
+            (prefetch.saturating_add(2), 0)
+        };
+        if on_device > 0 {
+            resident.push(parts.part(
+                "prefetched views",
+                format!(
+                    "prefetched views: {on_device} batches × 2 views × {} images of \
+                     {channels}×{size}×{size}, uploaded by the loader thread",
+                    format_count(global_batch)
+                ),
+                product(&[on_device, 2, global_batch, shape.image, F32]),
+                &loader_keys,
+            ));
+        }
         let loader = parts.part(
             "loader queue",
             format!(
-                "loader queue: {} batches × 2 views × {} images of {channels}×{size}×{size}",
-                prefetch.saturating_add(2),
+                "loader queue: {on_host} batches × 2 views × {} images of {channels}×{size}×{size}",
                 format_count(global_batch)
             ),
-            product(&[
-                prefetch.saturating_add(2),
-                2,
-                global_batch,
-                shape.image,
-                F32,
-            ]),
-            &[
-                "data.prefetch",
-                "train.batch_size",
-                "train.accumulate",
-                "augment.size",
-            ],
+            product(&[on_host, 2, global_batch, shape.image, F32]),
+            &loader_keys,
         );
         let images = match (config.eval.monitor, facts.monitor) {
             (false, _) | (_, MonitorImages::Off) => None,
@@ -936,12 +951,25 @@ mod tests {
             "train.devices=[\"cpu\", \"cpu\", \"cpu\", \"cpu\"]",
         ]);
         assert_eq!((one.peers, four.peers), (1, 4));
-        // a peer of four with a global batch of 256 is one device with 64
-        assert_eq!(one.resident, four.resident);
+        // a peer of four with a global batch of 256 is one device with 64,
+        // less the batches one device's loader uploads ahead
+        let prefetched = |p: &MemoryPlan| {
+            p.resident
+                .iter()
+                .filter(|x| x.what.starts_with("prefetched"))
+                .map(|x| x.bytes)
+                .sum::<u64>()
+        };
+        // data.prefetch = 2: as many batches queued on the device as on the host
+        assert_eq!((prefetched(&four), one.loader.bytes), (0, prefetched(&one)));
+        assert_eq!(
+            one.resident_bytes() - prefetched(&one),
+            four.resident_bytes()
+        );
         assert_eq!(one.step_bytes(), four.step_bytes());
-        assert_eq!(one.device_bytes(), four.device_bytes());
-        // the loader holds the whole global batch
-        assert_eq!(4 * one.loader.bytes, four.loader.bytes);
+        // the peers' loader holds the whole global batch, all on the host
+        // (four batches of 256 against one device's two of 64)
+        assert_eq!(8 * one.loader.bytes, four.loader.bytes);
         // in one memory, the four peers count four times
         assert_eq!(
             four.shared_bytes(),
