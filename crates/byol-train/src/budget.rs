@@ -376,7 +376,6 @@ impl MemoryPlan {
             batch: (t.batch_size / peers) as u64,
             effective: (t.effective_batch() / peers) as u64,
         };
-        let global_batch = t.effective_batch() as u64;
         let encoder = builtin.then(|| config.model.encoder_config(channels).footprint(a.size));
         let heads = encoder.map(|e| {
             config
@@ -401,40 +400,8 @@ impl MemoryPlan {
         if let (Some(e), Some(h)) = (encoder, heads) {
             step.extend(activations(config, shape, &e, &h, &parts));
         }
-        let prefetch = config.data.prefetch as u64;
-        let loader_keys = [
-            "data.prefetch",
-            "train.batch_size",
-            "train.accumulate",
-            "augment.size",
-        ];
-        // one device: the loader thread uploads what it queues
-        let (on_host, on_device) = if peers == 1 {
-            (2, prefetch)
-        } else {
-            (prefetch.saturating_add(2), 0)
-        };
-        if on_device > 0 {
-            resident.push(parts.part(
-                "prefetched views",
-                format!(
-                    "prefetched views: {on_device} batches × 2 views × {} images of \
-                     {channels}×{size}×{size}, uploaded by the loader thread",
-                    format_count(global_batch)
-                ),
-                product(&[on_device, 2, global_batch, shape.image, F32]),
-                &loader_keys,
-            ));
-        }
-        let loader = parts.part(
-            "loader queue",
-            format!(
-                "loader queue: {on_host} batches × 2 views × {} images of {channels}×{size}×{size}",
-                format_count(global_batch)
-            ),
-            product(&[on_host, 2, global_batch, shape.image, F32]),
-            &loader_keys,
-        );
+        let (prefetched, loader) = loader_parts(config, shape, peers, &parts);
+        resident.extend(prefetched);
         let images = match (config.eval.monitor, facts.monitor) {
             (false, _) | (_, MonitorImages::Off) => None,
             (true, MonitorImages::Unknown) => {
@@ -616,6 +583,61 @@ fn network_parts(
             &optimizer_keys,
         ),
     ]
+}
+
+/// The loader's batches of the global batch (`peers` shards of `shape`'s):
+/// on the device, the ones one device's loader thread has uploaded
+/// (`None` with several peers, which take host batches); on the host,
+/// the rest.
+fn loader_parts(
+    config: &RunConfig,
+    shape: Shape,
+    peers: usize,
+    parts: &Parts,
+) -> (Option<Part>, Part) {
+    let Shape {
+        channels,
+        size,
+        image,
+        effective,
+        ..
+    } = shape;
+    let global_batch = effective.saturating_mul(peers as u64);
+    let prefetch = config.data.prefetch as u64;
+    let keys = [
+        "data.prefetch",
+        "train.batch_size",
+        "train.accumulate",
+        "augment.size",
+    ];
+    // one device: the loader thread uploads what it queues
+    let (on_host, on_device) = if peers == 1 {
+        (2, prefetch)
+    } else {
+        (prefetch.saturating_add(2), 0)
+    };
+    let prefetched = (on_device > 0).then(|| {
+        parts.part(
+            "prefetched views",
+            format!(
+                "prefetched views: {on_device} batches × 2 views × {} images of \
+                 {channels}×{size}×{size}, uploaded by the loader thread",
+                format_count(global_batch)
+            ),
+            product(&[on_device, 2, global_batch, image, F32]),
+            &keys,
+        )
+    });
+    let loader = parts.part(
+        "loader queue",
+        format!(
+            "loader queue: {on_host} batches × 2 views × {} images of {channels}×{size}×{size}",
+            format_count(global_batch)
+        ),
+        product(&[on_host, 2, global_batch, image, F32]),
+        &keys,
+    );
+    (prefetched, loader)
 }
 
 /// A step's gradients: one set, or the sum and a micro-batch's with

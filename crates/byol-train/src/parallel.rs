@@ -346,11 +346,12 @@ mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
     use burn::module::ModuleVisitor;
-    use byol_model::{HeadsConfig, NormKind, ResNet, ResNetConfig};
+    use byol_model::ResNet;
 
     use crate::config::OptimizerKind;
     use crate::optim::OptimizerSettings;
     use crate::step::byol_step;
+    use crate::step::tests::seeded_byol;
 
     type A = Autodiff<Flex>;
     type Net = Byol<A, ResNet<A>>;
@@ -389,23 +390,6 @@ mod tests {
         v.values
     }
 
-    fn build(batch_norm: bool) -> Net {
-        let cfg = ResNetConfig {
-            norm: if batch_norm {
-                NormKind::Batch
-            } else {
-                NormKind::GroupWs
-            },
-            norm_groups: 8,
-            ..ResNetConfig::small()
-        };
-        let heads = HeadsConfig {
-            batch_norm,
-            ..HeadsConfig::new(32, 16, 32)
-        };
-        Byol::seeded(11, &Default::default(), &heads, true, |d| cfg.init(d))
-    }
-
     fn optimizers(kind: OptimizerKind) -> Optimizers<Net, A> {
         Optimizers::new(&OptimizerSettings {
             kind,
@@ -435,7 +419,7 @@ mod tests {
     /// copied into each run by [`replica`] (weights drawn again per run
     /// could differ: other tests draw from burn's generator at once).
     fn start(first: &Net, batch_norm: bool) -> Net {
-        replica(first, build(batch_norm), &Default::default()).expect("replica")
+        replica(first, seeded_byol(batch_norm), &Default::default()).expect("replica")
     }
 
     fn settings(sync_batchnorm: bool) -> StepSettings {
@@ -554,7 +538,7 @@ mod tests {
 
     #[test]
     fn every_peer_holds_bitwise_the_same_weights_after_several_steps() {
-        let first = build(true);
+        let first = seeded_byol(true);
         let peers = data_parallel(&first, 2, true, OptimizerKind::Adam, false);
         let (loss0, w0) = &peers[0];
         let (loss1, w1) = &peers[1];
@@ -573,7 +557,7 @@ mod tests {
         // rounding of the two halves' sums; not looked into further.
         {
             let kind = OptimizerKind::Sgd;
-            let first = build(false);
+            let first = seeded_byol(false);
             let (loss1, w1) = one_device(&first, false, kind);
             let peers = data_parallel(&first, 2, false, kind, false);
             let (loss2, w2) = &peers[0];
@@ -596,7 +580,7 @@ mod tests {
     fn two_peers_with_synchronised_batchnorm_equal_one_device_with_the_whole_batch() {
         // BatchNorm in the encoder and both heads, online and target
         let kind = OptimizerKind::Sgd;
-        let first = build(true);
+        let first = seeded_byol(true);
         let (loss1, w1) = one_device(&first, true, kind);
         let peers = data_parallel(&first, 2, true, kind, true);
         let (loss2, w2) = &peers[0];
@@ -619,7 +603,7 @@ mod tests {
 
     #[test]
     fn synchronised_batchnorm_keeps_the_running_statistics_of_one_device() {
-        let first = build(true);
+        let first = seeded_byol(true);
         let running = |m: &Net| {
             let bn = match &m.online.encoder.bn1 {
                 byol_model::Norm::Batch(bn) => bn,
@@ -644,7 +628,7 @@ mod tests {
 
     #[test]
     fn with_batchnorm_unsynchronised_each_peer_normalises_its_own_shard() {
-        let first = build(true);
+        let first = seeded_byol(true);
         let (loss1, w1) = one_device(&first, true, OptimizerKind::Sgd);
         let peers = data_parallel(&first, 2, true, OptimizerKind::Sgd, false);
         let (loss2, w2) = &peers[0];

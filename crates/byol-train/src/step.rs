@@ -231,7 +231,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex, NdArray};
     use burn::tensor::Distribution;
@@ -352,8 +352,9 @@ mod tests {
     }
 
     /// A seeded pair: GroupNorm + WS encoder and heads without BatchNorm
-    /// (`batch_norm = false`), or BatchNorm everywhere.
-    fn seeded_byol(batch_norm: bool) -> Byol<Autodiff<Flex>, ResNet<Autodiff<Flex>>> {
+    /// (`batch_norm = false`), or BatchNorm everywhere. The data-parallel
+    /// tests start from it too.
+    pub(crate) fn seeded_byol(batch_norm: bool) -> Byol<Autodiff<Flex>, ResNet<Autodiff<Flex>>> {
         let cfg = ResNetConfig {
             norm: if batch_norm {
                 byol_model::NormKind::Batch
