@@ -1,19 +1,18 @@
 //! burn-collective's multi-node path on loopback, on its own: one
 //! orchestrator and N node processes (one peer each, Flex), each node
 //! making a few all-reduces in a row, every one watched by a deadline.
-//! It is the smallest thing a multi-node `pretrain` would stand on, and
-//! tells whether it stands (`train.nodes` is refused until it does).
+//! It is the smallest thing a multi-node `pretrain` stands on.
 //!
 //! What it found (2026-12-01, 2 nodes on loopback): with burn-collective
 //! 0.21.0 as released, the first all-reduce of a registration returns and
 //! the second never does. The barrier that ends every cross-node
 //! all-reduce (`SyncService::sync`, `src/global/node/sync.rs`) clears a
 //! copy of its list of synced nodes instead of the list itself, so from the
-//! second call on the list never equals the set of nodes again. With that
-//! one clear moved onto the shared list (tried in a patched copy through
-//! `[patch.crates-io]`, not committed), 500 all-reduces on 2 nodes and 200
-//! on 3 returned correct sums. The default global strategy (ring) also
-//! refuses tensors shorter than the node count, hence `Tree(2)` here.
+//! second call on the list never equals the set of nodes again. The
+//! workspace now builds a patched copy (`vendor/burn-collective`, see its
+//! PATCHED.md); with it, 500 all-reduces on 2 nodes and 200 on 3 returned
+//! correct sums. The default global strategy (ring) also refuses tensors
+//! shorter than the node count, hence `Tree(2)` here.
 //!
 //!   cargo run --release -p byol-examples --example collective_nodes -- launch
 //!   cargo run --release -p byol-examples --example collective_nodes -- launch --nodes 2 --calls 3 --deadline 30 --port 29500
