@@ -78,17 +78,19 @@ struct PretrainArgs {
     /// replaces --device). `train.batch_size` is the global batch.
     #[arg(long, value_delimiter = ',', conflicts_with = "device")]
     devices: Vec<String>,
-    /// Machines of a multi-node run (`train.nodes`): not built yet, refused
-    /// unless 1.
-    #[arg(long)]
+    /// Machines of a multi-node run (`train.nodes`); every machine runs
+    /// `pretrain` with the same config, `--out` and `--coordinator`, and its
+    /// own `--node-rank`.
+    #[arg(long, env = "BYOL_NODES")]
     nodes: Option<usize>,
-    /// This machine's rank (`train.node_rank`): not built yet, refused
-    /// unless 0.
-    #[arg(long)]
+    /// This machine's rank, 0 to nodes − 1 (`train.node_rank`); node 0
+    /// hosts the orchestrator and writes the run folder.
+    #[arg(long, env = "BYOL_NODE_RANK")]
     node_rank: Option<usize>,
-    /// `HOST:PORT` of rank 0's orchestrator (`train.coordinator`): not
-    /// built yet, refused.
-    #[arg(long)]
+    /// `HOST:PORT` of node 0 (`train.coordinator`): the orchestrator on
+    /// PORT, the nodes' watch channel on PORT + 1, node r's data on
+    /// PORT + 2 + r.
+    #[arg(long, env = "BYOL_COORDINATOR")]
     coordinator: Option<String>,
     /// Run folder (default: runs/<config name>-<unix time>).
     #[arg(long, conflicts_with = "resume")]
@@ -263,14 +265,24 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         return dry_run::run(&config, &config_path, &memory)
             .with_context(|| format!("planning a run of {}", config_path.display()));
     }
+    let t = &config.train;
+    if t.nodes > 1 && args.out.is_none() && args.resume.is_none() {
+        bail!(
+            "a run on {} machines (train.nodes) needs its folder named: pass --out DIR, the \
+             same on every node (node 0 writes it; a shared filesystem lets the others \
+             resume from it)",
+            t.nodes
+        );
+    }
     let out = run_folder(&args, &config_path);
     tracing::info!("device {}", memory.description);
-    if devices.len() > 1 {
+    let peers = t.global_peers();
+    if peers > 1 {
         tracing::info!(
-            "{} data-parallel peers on {}: {} images each per step",
-            devices.len(),
+            "{peers} data-parallel peers ({} machine(s) × {}): {} images each per step",
+            t.nodes,
             devices.join(","),
-            config.train.batch_size / devices.len()
+            t.batch_size / peers
         );
     }
     let stop = stop_on_signals()?;
@@ -294,6 +306,16 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         std::process::exit(INTERRUPTED_EXIT);
     }
     let summary = result.with_context(|| format!("pretraining with {}", config_path.display()))?;
+    if config.train.node_rank > 0 {
+        println!(
+            "node {} of {}: trained {} steps; node 0 wrote the run folder {}",
+            config.train.node_rank,
+            config.train.nodes,
+            summary.steps,
+            out.display()
+        );
+        return Ok(());
+    }
     print_run_summary(&config, &summary, &out);
     plot(&out);
     Ok(())

@@ -367,14 +367,16 @@ impl MemoryPlan {
         };
         let channels = facts.channels.unwrap_or(fewest);
         let size = a.size as u64;
-        // each peer's shard: the config refuses a batch that does not divide
+        // each peer's shard of the run's batch (over every machine): the
+        // config refuses a batch that does not divide
         let peers = t.peers();
+        let shards = t.global_peers();
         let shape = Shape {
             channels,
             size,
             image: product(&[channels as u64, size, size]),
-            batch: (t.batch_size / peers) as u64,
-            effective: (t.effective_batch() / peers) as u64,
+            batch: (t.batch_size / shards) as u64,
+            effective: (t.effective_batch() / shards) as u64,
         };
         let encoder = builtin.then(|| config.model.encoder_config(channels).footprint(a.size));
         let heads = encoder.map(|e| {
@@ -400,7 +402,7 @@ impl MemoryPlan {
         if let (Some(e), Some(h)) = (encoder, heads) {
             step.extend(activations(config, shape, &e, &h, &parts));
         }
-        let (prefetched, loader) = loader_parts(config, shape, peers, &parts);
+        let (prefetched, loader) = loader_parts(config, shape, shards, &parts);
         resident.extend(prefetched);
         let images = match (config.eval.monitor, facts.monitor) {
             (false, _) | (_, MonitorImages::Off) => None,
@@ -585,10 +587,10 @@ fn network_parts(
     ]
 }
 
-/// The loader's batches of the global batch (`peers` shards of `shape`'s):
-/// on the device, the ones one device's loader thread has uploaded
-/// (`None` with several peers, which take host batches); on the host,
-/// the rest.
+/// The loader's batches of the global batch (`peers` shards of `shape`'s,
+/// over every machine: each node's loader draws the whole batch): on the
+/// device, the ones one device's loader thread has uploaded (`None` with
+/// several peers, which take host batches); on the host, the rest.
 fn loader_parts(
     config: &RunConfig,
     shape: Shape,

@@ -422,15 +422,21 @@ pub struct TrainConfig {
     /// waiting in an all-reduce, which burn-collective 0.21 can neither
     /// time out nor cancel: without this the process would hang.
     pub peer_failure_grace_s: f64,
-    /// Machines of a multi-node run (1 = this one). Not built yet: any
-    /// other value is refused.
+    /// Machines of a multi-node run (1 = this one). Each runs this config
+    /// with its own `node_rank` and the peers of its `devices`; the global
+    /// batch is split over all of them ([`crate::nodes`]).
     pub nodes: usize,
-    /// This machine's rank among `nodes` (0 hosts the orchestrator). Not
-    /// built yet: any other value than 0 is refused.
+    /// This machine's rank among `nodes`: 0 hosts the orchestrator and
+    /// alone writes the run folder.
     pub node_rank: usize,
-    /// `HOST:PORT` of rank 0's orchestrator ("" = single machine). Not
-    /// built yet: a value is refused.
+    /// `HOST:PORT` of rank 0 ("" = single machine): burn-collective's
+    /// orchestrator listens on PORT, the nodes' watch channel on PORT + 1,
+    /// node r's data service on PORT + 2 + r.
     pub coordinator: String,
+    /// With several machines: seconds a node waits for the others to join,
+    /// and the silence after which a node counts as lost; then every node
+    /// exits with status 71 and an error naming the missing one.
+    pub node_timeout_s: f64,
 }
 
 impl Default for TrainConfig {
@@ -468,6 +474,7 @@ impl Default for TrainConfig {
             nodes: 1,
             node_rank: 0,
             coordinator: String::new(),
+            node_timeout_s: 60.0,
         }
     }
 }
@@ -491,9 +498,9 @@ impl TrainConfig {
         self.devices.len().max(1)
     }
 
-    /// Checks the data-parallel keys: the batch divides among the peers,
-    /// and what is not built yet (several machines) is
-    /// refused rather than run on one device.
+    /// Checks the data-parallel keys: the batch divides among the peers
+    /// (of this machine, and of all machines), the device names, the
+    /// multi-node keys.
     fn validate_parallel(&self) -> Result<(), TrainError> {
         let peers = self.peers();
         if !self.batch_size.is_multiple_of(peers) {
@@ -514,27 +521,61 @@ impl TrainConfig {
                 "device names such as \"cpu\", \"cuda:0\", \"wgpu:1\"",
             ));
         }
-        let not_built = "is not built yet in this version: multi-node training \
-                         (train.nodes, train.node_rank, train.coordinator) runs on one machine only";
-        if self.nodes != 1 {
-            return Err(invalid(
-                "train.nodes",
-                self.nodes,
-                &format!("1; several machines {not_built}"),
-            ));
+        self.validate_nodes()
+    }
+
+    /// Peers of the whole run: `nodes ×` this machine's.
+    pub fn global_peers(&self) -> usize {
+        self.nodes.max(1).saturating_mul(self.peers())
+    }
+
+    /// Checks the multi-node keys.
+    fn validate_nodes(&self) -> Result<(), TrainError> {
+        if self.nodes == 0 {
+            return Err(invalid("train.nodes", self.nodes, "at least 1"));
         }
-        if self.node_rank != 0 {
+        if self.node_rank >= self.nodes {
             return Err(invalid(
                 "train.node_rank",
                 self.node_rank,
-                &format!("0; a node rank {not_built}"),
+                &format!(
+                    "a rank below train.nodes = {} (0 to {})",
+                    self.nodes,
+                    self.nodes - 1
+                ),
             ));
         }
-        if !self.coordinator.is_empty() {
+        if !(self.node_timeout_s > 0.0 && self.node_timeout_s.is_finite()) {
             return Err(invalid(
-                "train.coordinator",
-                format!("{:?}", self.coordinator),
-                &format!("\"\"; a coordinator {not_built}"),
+                "train.node_timeout_s",
+                self.node_timeout_s,
+                "a finite number of seconds > 0",
+            ));
+        }
+        if self.nodes == 1 {
+            if !self.coordinator.is_empty() {
+                return Err(invalid(
+                    "train.coordinator",
+                    format!("{:?}", self.coordinator),
+                    "\"\" with train.nodes = 1 (a coordinator joins several machines; \
+                     set train.nodes too)",
+                ));
+            }
+            return Ok(());
+        }
+        crate::nodes::parse_coordinator(&self.coordinator, self.nodes)?;
+        let peers = self.global_peers();
+        if !self.batch_size.is_multiple_of(peers) {
+            return Err(invalid(
+                "train.batch_size",
+                self.batch_size,
+                &format!(
+                    "a multiple of the {peers} peers of the run (train.nodes = {} × {} of \
+                     train.devices); {} does not divide by {peers}",
+                    self.nodes,
+                    self.peers(),
+                    self.batch_size
+                ),
             ));
         }
         Ok(())
@@ -768,7 +809,7 @@ impl Default for EvalConfig {
     }
 }
 
-fn invalid(key: &str, value: impl ToString, expected: &str) -> TrainError {
+pub(crate) fn invalid(key: &str, value: impl ToString, expected: &str) -> TrainError {
     TrainError::InvalidConfig {
         key: key.to_string(),
         value: value.to_string(),
@@ -1169,16 +1210,67 @@ mod tests {
     }
 
     #[test]
-    fn what_is_not_built_yet_is_refused_naming_the_key() {
-        for (set, key) in [
-            ("train.nodes=2", "train.nodes"),
-            ("train.node_rank=1", "train.node_rank"),
-            ("train.coordinator=\"10.0.0.1:9000\"", "train.coordinator"),
+    fn bad_multi_node_keys_are_refused_naming_the_key_and_the_value() {
+        for (sets, key, expected) in [
+            (vec!["train.nodes=0"], "train.nodes", "at least 1"),
+            (
+                vec!["train.node_rank=1"],
+                "train.node_rank",
+                "below train.nodes = 1",
+            ),
+            (
+                vec!["train.coordinator=\"10.0.0.1:9000\""],
+                "train.coordinator",
+                "train.nodes = 1",
+            ),
+            (vec!["train.nodes=2"], "train.coordinator", "HOST:PORT"),
+            (
+                vec!["train.nodes=2", "train.coordinator=\"10.0.0.1\""],
+                "train.coordinator",
+                "HOST:PORT",
+            ),
+            (
+                vec!["train.nodes=2", "train.coordinator=\"h:65534\""],
+                "train.coordinator",
+                "65535",
+            ),
+            (
+                vec![
+                    "train.nodes=2",
+                    "train.coordinator=\"h:9000\"",
+                    "train.batch_size=127",
+                ],
+                "train.batch_size",
+                "2 peers",
+            ),
+            (
+                vec![
+                    "train.nodes=2",
+                    "train.coordinator=\"h:9000\"",
+                    "train.node_timeout_s=0",
+                ],
+                "train.node_timeout_s",
+                "> 0",
+            ),
         ] {
-            let msg = err("", &[set]);
-            assert!(msg.contains(key), "{set}: {msg}");
-            assert!(msg.contains("not built yet"), "{set}: {msg}");
+            let msg = err("", &sets);
+            assert!(
+                msg.contains(key) && msg.contains(expected),
+                "{sets:?}: {msg}"
+            );
         }
+        let ok = RunConfig::from_toml(
+            "",
+            &[
+                "train.nodes=2".into(),
+                "train.node_rank=1".into(),
+                "train.coordinator=\"10.0.0.1:9000\"".into(),
+                "train.devices=[\"cpu\", \"cpu\"]".into(),
+            ],
+        )
+        .expect("parses");
+        ok.validate().expect("a valid multi-node config");
+        assert_eq!(ok.train.global_peers(), 4);
         assert!(err("", &["train.devices=[\"cpu\", \"\"]"]).contains("train.devices"));
     }
 }

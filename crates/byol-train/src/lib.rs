@@ -17,6 +17,7 @@ pub mod lars;
 pub mod loader;
 pub mod loss;
 pub mod metrics;
+pub mod nodes;
 pub mod optim;
 pub mod parallel;
 pub mod parity;
@@ -154,6 +155,10 @@ pub enum TrainError {
     /// (burn-collective), or a peer stopped.
     #[error("data-parallel peers: {0}")]
     Collective(String),
+    /// The machines of a multi-node run could not join, or one was lost
+    /// ([`nodes`]).
+    #[error("several machines: {0}")]
+    Nodes(String),
     /// The run would not fit in memory: refused before any work
     /// ([`MemoryPlan::check`]).
     #[error("{}", budget::refusal(*exceeded, *needed, *limit, parts))]

@@ -148,7 +148,8 @@ where
 #[derive(Debug)]
 pub struct MetricsLog {
     path: PathBuf,
-    out: BufWriter<File>,
+    /// `None`: [`MetricsLog::discard`].
+    out: Option<BufWriter<File>>,
 }
 
 impl MetricsLog {
@@ -164,7 +165,7 @@ impl MetricsLog {
         })?;
         Ok(Self {
             path: path.to_path_buf(),
-            out: BufWriter::new(file),
+            out: Some(BufWriter::new(file)),
         })
     }
 
@@ -199,8 +200,17 @@ impl MetricsLog {
             .map_err(|e| err(e.to_string()))?;
         Ok(Self {
             path: path.to_path_buf(),
-            out: BufWriter::new(file),
+            out: Some(BufWriter::new(file)),
         })
+    }
+
+    /// A log that writes nothing: a node of a multi-node run other than
+    /// rank 0, which keeps the run's folder.
+    pub fn discard() -> Self {
+        Self {
+            path: PathBuf::new(),
+            out: None,
+        }
     }
 
     /// Writes one line and flushes it.
@@ -213,8 +223,11 @@ impl MetricsLog {
             path: self.path.clone(),
             message: e,
         };
+        let Some(out) = &mut self.out else {
+            return Ok(());
+        };
         let line = serde_json::to_string(record).map_err(|e| err(e.to_string()))?;
-        writeln!(self.out, "{line}").map_err(|e| err(e.to_string()))?;
-        self.out.flush().map_err(|e| err(e.to_string()))
+        writeln!(out, "{line}").map_err(|e| err(e.to_string()))?;
+        out.flush().map_err(|e| err(e.to_string()))
     }
 }

@@ -40,7 +40,7 @@ use burn::collective::{
     CollectiveConfig, CollectiveError, PeerId, ReduceOperation, all_reduce, finish_collective,
     register,
 };
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
@@ -88,6 +88,23 @@ impl Peer {
     /// [`TrainError::Collective`] when burn refuses the registration.
     pub fn join<B: AutodiffBackend>(self, device: &B::Device) -> Result<(), TrainError> {
         let config = CollectiveConfig::default().with_num_devices(self.peers);
+        self.join_with::<B>(device, config)
+    }
+
+    /// [`Peer::join`] with burn's collective configured by `config`: with
+    /// several machines, this process's share of the peers and the
+    /// addresses of the orchestrator and of this node
+    /// ([`crate::nodes::NodeLink::collective_config`]). Every peer of a
+    /// process passes the same `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::Collective`] when burn refuses the registration.
+    pub fn join_with<B: AutodiffBackend>(
+        self,
+        device: &B::Device,
+        config: CollectiveConfig,
+    ) -> Result<(), TrainError> {
         register::<B::InnerBackend>(self.id(), device.clone(), config)
             .map_err(|e| collective(self, "register", e))
     }
@@ -315,6 +332,46 @@ pub fn cross_replica<B: AutodiffBackend>(peer: Peer) -> Result<CrossReplica<B>, 
         sum: Arc::new(sum),
         replicas: peer.peers,
     })
+}
+
+/// `model` with its parameters numbered 1, 2, … in the module's own order.
+/// burn draws parameter ids at random, and [`GradientsParams::all_reduce`]
+/// pairs the peers' gradients by sorted id: the replicas of one process
+/// share ids by loading one record ([`replica`]), but the nodes of a
+/// multi-node run each build their networks, so each numbers them this
+/// way before the first step (a resumed run loads the ids its checkpoint
+/// saved, the same on every node).
+pub fn numbered_params<B: Backend, M: Module<B>>(model: M) -> M {
+    struct Numbering(u64);
+    impl Numbering {
+        fn next(&mut self) -> ParamId {
+            self.0 += 1;
+            ParamId::from(self.0)
+        }
+    }
+    impl<B: Backend> ModuleMapper<B> for Numbering {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (_, value, mapper) = p.consume();
+            Param::from_mapped_value(self.next(), value, mapper)
+        }
+
+        fn map_int<const D: usize>(
+            &mut self,
+            p: Param<Tensor<B, D, Int>>,
+        ) -> Param<Tensor<B, D, Int>> {
+            let (_, value, mapper) = p.consume();
+            Param::from_mapped_value(self.next(), value, mapper)
+        }
+
+        fn map_bool<const D: usize>(
+            &mut self,
+            p: Param<Tensor<B, D, Bool>>,
+        ) -> Param<Tensor<B, D, Bool>> {
+            let (_, value, mapper) = p.consume();
+            Param::from_mapped_value(self.next(), value, mapper)
+        }
+    }
+    model.map(&mut Numbering(0))
 }
 
 /// A replica of `model` on `device`: `skeleton` (built from the config,

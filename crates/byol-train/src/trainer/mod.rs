@@ -29,10 +29,11 @@ use serde::Serialize;
 
 use crate::budget::{DataFacts, DeviceMemory};
 use crate::loader::{Batch, with_prepared_loader};
+use crate::nodes::{NodeLink, NodeSpec};
 use crate::{RunConfig, TrainError};
 use model::{Custom, ModelSource, ResNets, init_from};
 pub use plan::{RunPlan, StepCounts, plan_run};
-use session::{Session, check_run_folder};
+use session::{Folder, Session, check_run_folder};
 
 /// The figures a finished run reports.
 #[derive(Debug, Clone, Serialize)]
@@ -303,15 +304,42 @@ where
     source
         .memory_plan(config, &DataFacts::default())
         .check(options.memory)?;
-    check_run_folder(config, out_dir, options.resume)?;
+    let spec = NodeSpec::of(config, options.resume)?;
+    // node 0 of several machines writes the run folder; the others read
+    // it when they resume
+    let writes = spec.as_ref().is_none_or(|s| s.rank == 0);
+    if writes || options.resume {
+        check_run_folder(config, out_dir, options.resume)?;
+    }
+    let mut options = options;
+    let link = match spec {
+        Some(spec) => {
+            let link = NodeLink::join(spec, options.stop.clone())?;
+            options.stop = link.session_stop();
+            Some(link)
+        }
+        None => None,
+    };
     let data = data::open_data(config, options.progress)?;
     source
         .memory_plan(config, &data.facts())
         .check(options.memory)?;
+    let layout = match &link {
+        Some(link) => Some(peers::Layout {
+            first: link.first_peer(),
+            peers: link.peers(),
+            config: link.collective_config()?,
+        }),
+        None => (!others.is_empty()).then(|| peers::Layout::local(devices.len())),
+    };
     // burn's collective is one group per process: a second data-parallel
     // run waits here for the first to end
-    let _group = (!others.is_empty()).then(crate::parallel::group_lock);
-    let mut session = Session::start(config, out_dir, device, options, data, source, hooks)?;
+    let _group = layout.is_some().then(crate::parallel::group_lock);
+    let folder = Folder {
+        path: out_dir,
+        writes,
+    };
+    let mut session = Session::start(config, folder, device, options, data, source, hooks)?;
     let replicas = session.replicas(others, source)?;
     let shape = {
         let size = config.augment.size;
@@ -319,15 +347,21 @@ where
     };
     let watchdog = peers::Watchdog::new(config.train.peer_failure_grace_s);
     let trained = std::thread::scope(|scope| {
-        let followers = if replicas.is_empty() {
-            None
-        } else {
-            let (group, followers) =
-                peers::start(scope, replicas, shape, device, &watchdog, hooks)?;
-            session.set_group(Some(group));
-            Some(followers)
+        let followers = match &layout {
+            None => None,
+            Some(layout) => {
+                let (group, followers) =
+                    peers::start(scope, replicas, shape, device, &watchdog, hooks, layout)?;
+                session.set_group(Some(group));
+                Some(followers)
+            }
         };
         let trained = train_loop(config, &mut session);
+        // the other machines wait for this one in the next all-reduce:
+        // they are told before its peers leave
+        if let Some(link) = &link {
+            link.ended(&trained);
+        }
         // the followers end whatever the loop's outcome: the scope waits
         // for them
         let stopped = match (session.set_group(None), followers) {
@@ -338,6 +372,12 @@ where
     });
     // every peer's thread has ended: nothing is left waiting
     watchdog.end();
+    if let Some(link) = link {
+        link.ended(&trained);
+        if trained.is_ok() {
+            link.finish();
+        }
+    }
     if let Err(e) = trained {
         session.abandon();
         return Err(e);

@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
+use burn::collective::CollectiveConfig;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -115,8 +116,29 @@ where
     pub(crate) device: B::Device,
 }
 
-/// The followers, seen from rank 0.
+/// Where this process's peers sit in the run: the global rank of its
+/// first, the run's peer count, and burn-collective's config for them.
+pub(crate) struct Layout {
+    pub(crate) first: usize,
+    pub(crate) peers: usize,
+    pub(crate) config: CollectiveConfig,
+}
+
+impl Layout {
+    /// `peers` peers, all in this process.
+    pub(crate) fn local(peers: usize) -> Self {
+        Self {
+            first: 0,
+            peers,
+            config: CollectiveConfig::default().with_num_devices(peers),
+        }
+    }
+}
+
+/// The followers, seen from this process's first peer (rank 0 of the
+/// run, or with several machines the first of this node).
 pub(crate) struct Group {
+    first: usize,
     peers: usize,
     jobs: Vec<SyncSender<Shard>>,
     done: Receiver<Result<(), TrainError>>,
@@ -133,10 +155,11 @@ impl Group {
         &self.watchdog
     }
 
-    /// Rank 0.
+    /// This process's first peer: rank 0, or with several machines the
+    /// first of this node.
     pub(crate) fn leader(&self) -> Peer {
         Peer {
-            rank: 0,
+            rank: self.first,
             peers: self.peers,
         }
     }
@@ -190,7 +213,7 @@ impl Group {
     ) -> Result<(), TrainError> {
         for (i, jobs) in self.jobs.iter().enumerate() {
             let peer = Peer {
-                rank: i + 1,
+                rank: self.first + i + 1,
                 peers: self.peers,
             };
             let r = peer.shard(usable);
@@ -202,7 +225,7 @@ impl Group {
                 settings,
             };
             jobs.send(shard).map_err(|_| {
-                TrainError::Collective(format!("peer {} of {} has stopped", i + 1, self.peers))
+                TrainError::Collective(format!("peer {} of {} has stopped", peer.rank, self.peers))
             })?;
         }
         Ok(())
@@ -224,8 +247,9 @@ impl Group {
     }
 }
 
-/// Starts a follower thread per replica (ranks 1, 2, …) in `scope`, then
-/// registers rank 0 on `device`; returns once every peer has registered.
+/// Starts a follower thread per replica (ranks `layout.first` + 1, + 2, …)
+/// in `scope`, then registers the first peer on `device`; returns once
+/// every peer of the run has registered.
 ///
 /// # Errors
 ///
@@ -237,33 +261,43 @@ pub(crate) fn start<'scope, B, E>(
     device: &B::Device,
     watchdog: &Watchdog,
     hooks: Hooks,
+    layout: &Layout,
 ) -> Result<(Group, Followers<'scope, B, E>), TrainError>
 where
     B: AutodiffBackend,
     E: Encoder<B> + AutodiffModule<B> + 'scope,
     Byol<B, E>: AutodiffModule<B>,
 {
-    let peers = replicas.len() + 1;
-    let (done_tx, done) = sync_channel(peers);
+    let (first, peers) = (layout.first, layout.peers);
+    let (done_tx, done) = sync_channel(replicas.len() + 1);
     let mut jobs = Vec::new();
     let mut followers = Vec::new();
     for (i, replica) in replicas.into_iter().enumerate() {
         let (tx, rx) = sync_channel(1);
         jobs.push(tx);
-        let peer = Peer { rank: i + 1, peers };
+        let peer = Peer {
+            rank: first + i + 1,
+            peers,
+        };
         let done = done_tx.clone();
         let watchdog = watchdog.clone();
-        followers
-            .push(scope.spawn(move || follow(peer, replica, shape, &rx, &done, &watchdog, hooks)));
+        let config = layout.config.clone();
+        let seat = Seat {
+            peer,
+            shape,
+            config,
+        };
+        followers.push(scope.spawn(move || follow(seat, replica, &rx, &done, &watchdog, hooks)));
     }
     let group = Group {
+        first,
         peers,
         jobs,
         done,
         watchdog: watchdog.clone(),
     };
-    // the followers wait in their registration for rank 0's
-    if let Err(e) = group.leader().join::<B>(device) {
+    // the followers wait in their registration for the first peer's
+    if let Err(e) = group.leader().join_with::<B>(device, layout.config.clone()) {
         watchdog.failed(group.leader(), &e.to_string());
         return Err(e);
     }
@@ -296,7 +330,7 @@ where
             h.join().unwrap_or_else(|_| {
                 Err(TrainError::Collective(format!(
                     "peer {} of {} panicked",
-                    i + 1,
+                    leader.rank + i + 1,
                     leader.peers
                 )))
             })
@@ -308,10 +342,17 @@ where
 
 /// A follower's life: register, then one [`peer_step`] per shard received,
 /// until rank 0 closes the channel; returns the replica.
-fn follow<B, E>(
+/// A follower's place: its peer, the images' `[channels, height, width]`,
+/// burn-collective's config.
+struct Seat {
     peer: Peer,
+    shape: [usize; 3],
+    config: CollectiveConfig,
+}
+
+fn follow<B, E>(
+    seat: Seat,
     replica: Replica<B, E>,
-    [c, h, w]: [usize; 3],
     jobs: &Receiver<Shard>,
     done: &SyncSender<Result<(), TrainError>>,
     watchdog: &Watchdog,
@@ -322,6 +363,11 @@ where
     E: Encoder<B> + AutodiffModule<B>,
     Byol<B, E>: AutodiffModule<B>,
 {
+    let Seat {
+        peer,
+        shape: [c, h, w],
+        config,
+    } = seat;
     let Replica {
         mut model,
         mut optimizers,
@@ -331,7 +377,7 @@ where
     // here must not leave them there
     let joined = catch_unwind(AssertUnwindSafe(|| {
         hooks.panic_if(peer.rank, 0);
-        peer.join::<B>(&device)
+        peer.join_with::<B>(&device, config)
     }));
     let joined = match joined {
         Ok(joined) => joined,

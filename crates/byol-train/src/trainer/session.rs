@@ -177,12 +177,24 @@ impl Clock {
 }
 
 /// A run in progress.
+/// A run's folder and whether this process writes it: a node of a
+/// multi-node run other than 0 only reads it (a resume, from node 0's
+/// checkpoints on a shared filesystem).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Folder<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) writes: bool,
+}
+
 pub(crate) struct Session<'a, B: AutodiffBackend, E>
 where
     Byol<B, E>: AutodiffModule<B>,
 {
     config: &'a RunConfig,
     out_dir: &'a Path,
+    /// Whether this process writes the run folder (all but the nodes
+    /// other than 0 of a multi-node run).
+    writes: bool,
     device: &'a B::Device,
     stop: StopSignal,
     hooks: Hooks,
@@ -226,32 +238,47 @@ where
     /// output files.
     pub(crate) fn start(
         config: &'a RunConfig,
-        out_dir: &'a Path,
+        folder: Folder<'a>,
         device: &'a B::Device,
         options: PretrainOptions,
-        data: RunData,
+        mut data: RunData,
         source: &dyn ModelSource<B, E>,
         hooks: Hooks,
     ) -> Result<Self, TrainError> {
+        let Folder {
+            path: out_dir,
+            writes,
+        } = folder;
+        if !writes {
+            // node 0 runs the monitors, which read nothing from the others
+            data.knn = None;
+        }
         let length = RunLength::new(config, data.train.len())?;
         let channels = data.train.channels();
         config.augment.check_channels(channels)?;
         let (model, optimizers, state, metrics, resumed) = if options.resume {
-            resume(config, out_dir, device, &length, channels, source)?
+            resume(config, folder, device, &length, channels, source)?
         } else {
-            let model = source.fresh(channels, device)?;
+            let mut model = source.fresh(channels, device)?;
+            if config.train.nodes > 1 {
+                model = crate::parallel::numbered_params(model);
+            }
             config
                 .train
                 .check_encoder_precision(&model.online.encoder)?;
             config
                 .train
                 .check_encoder_batch_norm(&model.online.encoder)?;
-            std::fs::create_dir_all(out_dir).map_err(|e| TrainError::Output {
-                path: out_dir.to_path_buf(),
-                message: e.to_string(),
-            })?;
-            write_atomic(&out_dir.join("config.toml"), &config.to_toml()?)?;
-            let metrics = MetricsLog::create(&out_dir.join("metrics.jsonl"))?;
+            let metrics = if writes {
+                std::fs::create_dir_all(out_dir).map_err(|e| TrainError::Output {
+                    path: out_dir.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+                write_atomic(&out_dir.join("config.toml"), &config.to_toml()?)?;
+                MetricsLog::create(&out_dir.join("metrics.jsonl"))?
+            } else {
+                MetricsLog::discard()
+            };
             let settings = config.train.optimizer_settings();
             let state = TrainState::fresh(config.train.tau_base);
             (model, Optimizers::new(&settings), state, metrics, None)
@@ -270,6 +297,7 @@ where
         let mut session = Self {
             config,
             out_dir,
+            writes,
             device,
             stop: options.stop,
             hooks,
@@ -571,6 +599,11 @@ where
             collapse,
         })?;
         self.clock.last_log = Mark::now(waited);
+        if !self.writes {
+            // the monitors are of this node's shard: node 0 alone judges
+            // collapse (and tells the others when it stops the run)
+            return Ok(());
+        }
         match self
             .guard
             .observe(&mut self.state.low_z_std_intervals, collapse.z_std)
@@ -706,6 +739,9 @@ where
             ) = online.epoch_loss();
         }
         self.record_time(waited);
+        if !self.writes {
+            return Ok(());
+        }
         let (model, optimizers, online) = (self.model(), &self.optimizers, &self.online);
         write_checkpoint(
             self.out_dir,
@@ -745,10 +781,12 @@ where
     pub(crate) fn finish(self, started: Instant) -> Result<RunSummary, TrainError> {
         self.bar.finish_and_clear();
         let model = self.model();
-        save_module::<B, _>(
-            model.online.encoder.clone(),
-            &self.out_dir.join("encoder.mpk"),
-        )?;
+        if self.writes {
+            save_module::<B, _>(
+                model.online.encoder.clone(),
+                &self.out_dir.join("encoder.mpk"),
+            )?;
+        }
         let s = &self.state;
         let summary = RunSummary {
             knn_raw_pixels: s.knn_raw_pixels,
@@ -765,6 +803,9 @@ where
             train_images: self.data.train.len(),
             resumed_from: self.resumed_from,
         };
+        if !self.writes {
+            return Ok(summary);
+        }
         let path = self.out_dir.join("summary.json");
         let json = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Output {
             path: path.clone(),
@@ -856,7 +897,7 @@ where
 /// `--resume` continues with today's epochs and learning rate).
 fn resume<B, E>(
     config: &RunConfig,
-    out_dir: &Path,
+    folder: Folder<'_>,
     device: &B::Device,
     length: &RunLength,
     channels: usize,
@@ -867,6 +908,7 @@ where
     E: Encoder<B> + AutodiffModule<B>,
     Byol<B, E>: AutodiffModule<B>,
 {
+    let out_dir = folder.path;
     source.validate(channels)?;
     let settings = config.train.optimizer_settings();
     let found = newest_usable(out_dir, |dir| {
@@ -902,8 +944,12 @@ where
             }
         )));
     }
-    write_atomic(&out_dir.join("config.toml"), &config.to_toml()?)?;
-    let metrics = MetricsLog::resume(&out_dir.join("metrics.jsonl"), state.step)?;
+    let metrics = if folder.writes {
+        write_atomic(&out_dir.join("config.toml"), &config.to_toml()?)?;
+        MetricsLog::resume(&out_dir.join("metrics.jsonl"), state.step)?
+    } else {
+        MetricsLog::discard()
+    };
     let from = state.step;
     Ok((model, optimizers, state, metrics, Some((from, dir))))
 }
