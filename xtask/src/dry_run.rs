@@ -118,12 +118,19 @@ fn print_summary(config: &RunConfig, plan: &RunPlan, memory: &Memory) {
         );
     }
     println!("device    {}", memory.description);
-    if m.peers > 1 {
+    let all = t.global_peers();
+    if t.nodes > 1 {
+        println!(
+            "nodes     {} machines × {} peers: this is node {}'s plan",
+            t.nodes, m.peers, t.node_rank
+        );
+    }
+    if all > 1 {
         println!(
             "peers     {}: the device parts below are each peer's (its replicas, its {} of the \
              batch's {} images); peers in one memory (the CPU) count once each",
             m.peers,
-            count(t.batch_size / m.peers),
+            count(t.batch_size / all),
             count(t.batch_size)
         );
     }

@@ -108,13 +108,29 @@ struct PretrainArgs {
     dry_run: bool,
 }
 
+/// `RUST_LOG` (default `info`), with the chatty dependencies at `warn`
+/// unless it names them: cubecl logs each autotune at info (one line per
+/// kernel shape), burn-collective and burn-communication every connection
+/// and tensor download of a multi-node all-reduce.
+fn log_filter(rust_log: Option<String>) -> EnvFilter {
+    let given = rust_log.filter(|s| !s.trim().is_empty());
+    let mut spec = given.clone().unwrap_or_else(|| "info".to_string());
+    for quiet in [
+        "cubecl",
+        "cubecl_runtime",
+        "burn_collective",
+        "burn_communication",
+    ] {
+        if !given.as_deref().is_some_and(|g| g.contains(quiet)) {
+            spec.push_str(&format!(",{quiet}=warn"));
+        }
+    }
+    EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            // cubecl logs each autotune at info: one line per kernel shape
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,cubecl=warn,cubecl_runtime=warn")),
-        )
+        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok()))
         .with_target(false)
         // colour codes only for a terminal (a log piped to a file or CI
         // reads as plain text), and not there either under NO_COLOR

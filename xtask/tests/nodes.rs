@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use byol_train::checkpoint::{CHECKPOINTS, checkpoint_name};
-use byol_train::nodes::EXIT_NODE_LOST;
+use byol_train::nodes::{EXIT_NODE_LOST, EXIT_STOPPED};
 
 fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist-sample")
@@ -219,6 +219,32 @@ fn two_nodes_train_what_two_peers_of_one_process_train_and_survive_a_killed_node
 
     // node 0 killed: node 1 names it
     kill_one(&dir.path().join("killed-0"), 0);
+
+    // Ctrl-C on node 1: node 1 asks node 0 to stop; node 0 checkpoints
+    // after its step and both exit as a stopped run does
+    let stopped = dir.path().join("stopped");
+    let port = free_ports();
+    let args = run_args(&stopped, false);
+    let mut nodes = [node(&args, 0, port), node(&args, 1, port)];
+    wait_for_checkpoint(&mut nodes, &stopped, 2);
+    let sent = Command::new("kill")
+        .args(["-INT", &nodes[1].id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let [zero, one] = nodes;
+    for (rank, child) in [(0, zero), (1, one)] {
+        let (status, stderr) = finish(child, Duration::from_secs(60), "a stopped node");
+        assert_eq!(status.code(), Some(EXIT_STOPPED), "node {rank}: {stderr}");
+    }
+    assert!(!stopped.join("summary.json").exists());
+    let newest = byol_train::checkpoint::list_checkpoints(&stopped)
+        .first()
+        .map(|(step, _)| *step);
+    assert!(
+        newest.is_some_and(|s| s > 2),
+        "newest checkpoint {newest:?}"
+    );
 
     // BatchNorm over the whole global batch, across the two processes
     let sync = ["train.sync_batchnorm=true", "train.epochs=1"];

@@ -48,6 +48,10 @@ pub const EXIT_NODE_LOST: i32 = 71;
 /// stopped node 0 itself exits.
 pub const EXIT_STOPPED: i32 = 130;
 
+/// How long the peers of a run that ended early have to leave the group
+/// before the process exits anyway ([`NodeLink::ended`]).
+const LEAVE_GRACE: Duration = Duration::from_secs(5);
+
 /// How often the nodes tell each other they are alive.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -502,17 +506,35 @@ impl NodeLink {
             return;
         }
         let spec = &self.watch.spec;
-        match e {
+        let code = match e {
             TrainError::Interrupted { step, .. } if spec.rank == 0 => {
                 self.watch.send_all(&format!("stopped {step}"));
+                EXIT_STOPPED
             }
-            e => self.watch.send_all(&format!(
-                "abort node {} of {} failed: {}",
-                spec.rank,
-                spec.nodes,
-                e.to_string().replace('\n', " ")
-            )),
-        }
+            e => {
+                self.watch.send_all(&format!(
+                    "abort node {} of {} failed: {}",
+                    spec.rank,
+                    spec.nodes,
+                    e.to_string().replace('\n', " ")
+                ));
+                EXIT_NODE_LOST
+            }
+        };
+        // leaving the group goes through node 0's orchestrator, which
+        // burn-collective stops on SIGINT and SIGTERM itself, and through
+        // nodes that may be gone: it can wait for ever
+        let message = format!(
+            "{e}\n(this node's peers did not leave burn-collective's group within {} s of \
+             the run's end: exiting with status {code})",
+            LEAVE_GRACE.as_secs()
+        );
+        std::thread::spawn(move || {
+            std::thread::sleep(LEAVE_GRACE);
+            tracing::error!("{message}");
+            eprintln!("error: {message}");
+            std::process::exit(code);
+        });
     }
 
     /// This node has trained to the end and left the group: node 0 waits
