@@ -614,6 +614,23 @@ fn host_the_join(
             tracing::warn!("burn-collective's orchestrator on port {port} has stopped");
         })
         .map_err(|e| nodes_error(format!("starting the orchestrator: {e}")))?;
+    // burn logs a failed bind and goes on: the other nodes would then
+    // retry their registration for ever
+    let up = Instant::now();
+    while TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_err()
+    {
+        if up.elapsed() > Duration::from_secs(10) {
+            return Err(nodes_error(format!(
+                "burn-collective's orchestrator did not start listening on port {port} \
+                 within 10 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     listener
         .set_nonblocking(true)
         .map_err(|e| nodes_error(format!("the watch channel: {e}")))?;
