@@ -52,6 +52,10 @@ pub const EXIT_STOPPED: i32 = 130;
 /// before the process exits anyway ([`NodeLink::ended`]).
 const LEAVE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a node whose all-reduce failed waits for its watch channel to
+/// name a lost node before it reports its own error.
+const LOSS_NOTICE: Duration = Duration::from_secs(2);
+
 /// How often the nodes tell each other they are alive.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -502,6 +506,11 @@ impl NodeLink {
         let Err(e) = result else {
             return;
         };
+        if matches!(e, TrainError::Collective(_)) && !self.watch.finished.load(Ordering::SeqCst) {
+            // a failed all-reduce most often means a node is gone: give the
+            // watch channel, which names it, the time to see it first
+            std::thread::sleep(LOSS_NOTICE);
+        }
         if self.watch.finished.swap(true, Ordering::SeqCst) {
             return;
         }
