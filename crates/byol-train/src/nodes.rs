@@ -595,21 +595,10 @@ fn port_free(port: u16, what: &str) -> Result<(), TrainError> {
     })
 }
 
-/// Node 0: the orchestrator, then every other node's `hello` until the
-/// deadline, then `go`. Returns the links by rank.
-fn host_the_join(
-    spec: &NodeSpec,
-    deadline: Instant,
-) -> Result<Vec<(usize, TcpStream)>, TrainError> {
-    port_free(spec.port, "burn-collective's orchestrator")?;
-    port_free(spec.data_port(), "this node's data service")?;
-    let listener = TcpListener::bind(("0.0.0.0", spec.watch_port())).map_err(|e| {
-        nodes_error(format!(
-            "port {} (the nodes' watch channel) cannot be opened: {e}",
-            spec.watch_port()
-        ))
-    })?;
-    let port = spec.port;
+/// burn-collective's orchestrator on `port`, on a thread and a runtime of
+/// its own; returns once it listens (burn logs a failed bind and goes on:
+/// the other nodes would then retry their registration for ever).
+fn start_orchestrator(port: u16) -> Result<(), TrainError> {
     std::thread::Builder::new()
         .name("orchestrator".into())
         .spawn(move || {
@@ -623,8 +612,6 @@ fn host_the_join(
             tracing::warn!("burn-collective's orchestrator on port {port} has stopped");
         })
         .map_err(|e| nodes_error(format!("starting the orchestrator: {e}")))?;
-    // burn logs a failed bind and goes on: the other nodes would then
-    // retry their registration for ever
     let up = Instant::now();
     while TcpStream::connect_timeout(
         &SocketAddr::from(([127, 0, 0, 1], port)),
@@ -640,6 +627,25 @@ fn host_the_join(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
+}
+
+/// Node 0: the orchestrator, then every other node's `hello` until the
+/// deadline, then `go`. Returns the links by rank.
+fn host_the_join(
+    spec: &NodeSpec,
+    deadline: Instant,
+) -> Result<Vec<(usize, TcpStream)>, TrainError> {
+    port_free(spec.port, "burn-collective's orchestrator")?;
+    port_free(spec.data_port(), "this node's data service")?;
+    let listener = TcpListener::bind(("0.0.0.0", spec.watch_port())).map_err(|e| {
+        nodes_error(format!(
+            "port {} (the nodes' watch channel) cannot be opened: {e}",
+            spec.watch_port()
+        ))
+    })?;
+    let port = spec.port;
+    start_orchestrator(port)?;
     listener
         .set_nonblocking(true)
         .map_err(|e| nodes_error(format!("the watch channel: {e}")))?;

@@ -40,7 +40,7 @@ use burn::collective::{
     CollectiveConfig, CollectiveError, PeerId, ReduceOperation, all_reduce, finish_collective,
     register,
 };
-use burn::module::{AutodiffModule, Module, ModuleMapper, Param, ParamId};
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param, ParamId, Parameter};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
@@ -344,31 +344,31 @@ pub fn cross_replica<B: AutodiffBackend>(peer: Peer) -> Result<CrossReplica<B>, 
 pub fn numbered_params<B: Backend, M: Module<B>>(model: M) -> M {
     struct Numbering(u64);
     impl Numbering {
-        fn next(&mut self) -> ParamId {
+        /// `p` with the next id: one body for the float, int and bool
+        /// parameters of the mapper.
+        fn renumber<T: Parameter>(&mut self, p: Param<T>) -> Param<T> {
             self.0 += 1;
-            ParamId::from(self.0)
+            let (_, value, mapper) = p.consume();
+            Param::from_mapped_value(ParamId::from(self.0), value, mapper)
         }
     }
     impl<B: Backend> ModuleMapper<B> for Numbering {
         fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            let (_, value, mapper) = p.consume();
-            Param::from_mapped_value(self.next(), value, mapper)
+            self.renumber(p)
         }
 
         fn map_int<const D: usize>(
             &mut self,
             p: Param<Tensor<B, D, Int>>,
         ) -> Param<Tensor<B, D, Int>> {
-            let (_, value, mapper) = p.consume();
-            Param::from_mapped_value(self.next(), value, mapper)
+            self.renumber(p)
         }
 
         fn map_bool<const D: usize>(
             &mut self,
             p: Param<Tensor<B, D, Bool>>,
         ) -> Param<Tensor<B, D, Bool>> {
-            let (_, value, mapper) = p.consume();
-            Param::from_mapped_value(self.next(), value, mapper)
+            self.renumber(p)
         }
     }
     model.map(&mut Numbering(0))

@@ -304,22 +304,7 @@ where
     source
         .memory_plan(config, &DataFacts::default())
         .check(options.memory)?;
-    let spec = NodeSpec::of(config, options.resume)?;
-    // node 0 of several machines writes the run folder; the others read
-    // it when they resume
-    let writes = spec.as_ref().is_none_or(|s| s.rank == 0);
-    if writes || options.resume {
-        check_run_folder(config, out_dir, options.resume)?;
-    }
-    let mut options = options;
-    let link = match spec {
-        Some(spec) => {
-            let link = NodeLink::join(spec, options.stop.clone())?;
-            options.stop = link.session_stop();
-            Some(link)
-        }
-        None => None,
-    };
+    let (link, writes, options) = join_nodes(config, out_dir, options)?;
     let data = data::open_data(config, options.progress)?;
     source
         .memory_plan(config, &data.facts())
@@ -383,6 +368,32 @@ where
         return Err(e);
     }
     session.finish(started)
+}
+
+/// The run folder's check and, with several machines, the join: this
+/// node's link to the others, whether it writes the run folder (node 0
+/// does; the others read it when they resume), and the options with the
+/// stop request the session is to obey.
+///
+/// # Errors
+///
+/// [`check_run_folder`]'s, and [`NodeLink::join`]'s.
+fn join_nodes(
+    config: &RunConfig,
+    out_dir: &Path,
+    mut options: PretrainOptions,
+) -> Result<(Option<NodeLink>, bool, PretrainOptions), TrainError> {
+    let spec = NodeSpec::of(config, options.resume)?;
+    let writes = spec.as_ref().is_none_or(|s| s.rank == 0);
+    if writes || options.resume {
+        check_run_folder(config, out_dir, options.resume)?;
+    }
+    let Some(spec) = spec else {
+        return Ok((None, writes, options));
+    };
+    let link = NodeLink::join(spec, options.stop.clone())?;
+    options.stop = link.session_stop();
+    Ok((Some(link), writes, options))
 }
 
 /// Feeds the session the loader's batches to the end of the run.
