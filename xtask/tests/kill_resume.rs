@@ -2,19 +2,14 @@
 //! (SIGINT), mid-epoch and resumed with `--resume` ends with the same
 //! metrics as an uninterrupted run.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use byol_train::checkpoint::{CHECKPOINTS, checkpoint_name, list_checkpoints};
-
-fn sample() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist-sample")
-}
-
-fn default_config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.toml")
-}
+use common::{default_config, metrics, sample};
 
 fn xtask() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
@@ -30,37 +25,10 @@ fn pretrain_args(out: &Path) -> Vec<String> {
     args.extend(["--out".into(), out.display().to_string()]);
     args.extend(["--data".into(), sample().display().to_string()]);
     args.extend(["--config".into(), default_config().display().to_string()]);
-    for set in [
-        "data.train_limit=384",
-        "data.test_limit=100",
-        "train.batch_size=64",
-        "train.epochs=3",
-        "train.log_every=1",
-        "train.checkpoint_every=2",
-        "train.keep_checkpoints=20",
-        "model.projector_hidden=64",
-        "model.predictor_hidden=64",
-        "model.projection_dim=32",
-    ] {
+    for set in common::TINY_RUN {
         args.extend(["--set".into(), set.into()]);
     }
     args
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .expect("metrics.jsonl")
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).expect("json line");
-            if let Some(o) = v.as_object_mut() {
-                for key in ["images_per_sec", "seconds", "data_wait_fraction"] {
-                    o.remove(key);
-                }
-            }
-            v
-        })
-        .collect()
 }
 
 /// Waits until the run in `dir` has written the checkpoint of `step`.

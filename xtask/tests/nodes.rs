@@ -4,21 +4,16 @@
 //! resumes on both nodes from node 0's checkpoint to the same metrics; a
 //! node that never joins is named after `train.node_timeout_s`.
 
+mod common;
+
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use byol_train::checkpoint::{CHECKPOINTS, checkpoint_name};
 use byol_train::nodes::{EXIT_NODE_LOST, EXIT_STOPPED};
-
-fn sample() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist-sample")
-}
-
-fn default_config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.toml")
-}
+use common::{default_config, metrics, sample};
 
 /// A tiny run: 6 steps per epoch, 3 epochs, a checkpoint every 2 steps.
 fn run_args(out: &Path, resume: bool) -> Vec<String> {
@@ -30,19 +25,10 @@ fn run_args(out: &Path, resume: bool) -> Vec<String> {
     args.extend(["--out".into(), out.display().to_string()]);
     args.extend(["--data".into(), sample().display().to_string()]);
     args.extend(["--config".into(), default_config().display().to_string()]);
-    for set in [
-        "data.train_limit=384",
-        "data.test_limit=100",
-        "train.batch_size=64",
-        "train.epochs=3",
-        "train.log_every=1",
-        "train.checkpoint_every=2",
-        "train.keep_checkpoints=20",
-        "train.node_timeout_s=20",
-        "model.projector_hidden=64",
-        "model.predictor_hidden=64",
-        "model.projection_dim=32",
-    ] {
+    for set in common::TINY_RUN
+        .into_iter()
+        .chain(["train.node_timeout_s=20"])
+    {
         args.extend(["--set".into(), set.into()]);
     }
     args
@@ -114,22 +100,6 @@ fn finish(mut child: Child, limit: Duration, what: &str) -> (ExitStatus, String)
 fn succeeds(child: Child, what: &str) {
     let (status, stderr) = finish(child, Duration::from_secs(600), what);
     assert!(status.success(), "{what}: {status}\n{stderr}");
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .expect("metrics.jsonl")
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).expect("json line");
-            if let Some(o) = v.as_object_mut() {
-                for key in ["images_per_sec", "seconds", "data_wait_fraction"] {
-                    o.remove(key);
-                }
-            }
-            v
-        })
-        .collect()
 }
 
 /// Waits until node 0 has written the checkpoint of `step`.
