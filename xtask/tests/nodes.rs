@@ -1,7 +1,8 @@
 //! Several machines on loopback: two `pretrain` processes with `--nodes 2`
 //! train what two peers in one process train, bit for bit; a node killed
 //! with SIGKILL makes the other exit with an error naming it, and the run
-//! resumes on both nodes from node 0's checkpoint to the same metrics; a
+//! resumes on both nodes from node 0's checkpoint to the same metrics;
+//! nodes that would resume from different checkpoints are stopped; a
 //! node that never joins is named after `train.node_timeout_s`.
 
 mod common;
@@ -102,6 +103,38 @@ fn succeeds(child: Child, what: &str) {
     assert!(status.success(), "{what}: {status}\n{stderr}");
 }
 
+/// Node 1, then node 0, of a two-node run of `args`: both must succeed.
+fn two_nodes(args: &[String], what: &str) {
+    let port = free_ports();
+    let one = node(args, 1, port);
+    succeeds(node(args, 0, port), &format!("{what}: node 0"));
+    succeeds(one, &format!("{what}: node 1"));
+}
+
+/// Both nodes of a two-node run of `args`, node 1 in `out_1` rather than
+/// `out_0`: both must fail, each naming what `expected` says.
+fn two_nodes_fail(out_0: &Path, out_1: &Path, expected: [&str; 2]) {
+    let port = free_ports();
+    let one = node(&run_args(out_1, true), 1, port);
+    let zero = node(&run_args(out_0, true), 0, port);
+    for (rank, child, expected) in [(0, zero, expected[0]), (1, one, expected[1])] {
+        let (status, stderr) = finish(child, Duration::from_secs(60), "a refused node");
+        assert!(!status.success(), "node {rank}: {stderr}");
+        assert!(stderr.contains(expected), "node {rank}: {stderr}");
+    }
+}
+
+/// A copy of the run folder `from` at `to`.
+fn copy_run(from: &Path, to: &Path) {
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+}
+
 /// Waits until node 0 has written the checkpoint of `step`.
 fn wait_for_checkpoint(nodes: &mut [Child], dir: &Path, step: usize) {
     let mark = dir.join(CHECKPOINTS).join(checkpoint_name(step));
@@ -167,24 +200,14 @@ fn two_nodes_train_what_two_peers_of_one_process_train_and_survive_a_killed_node
 
     // two processes on loopback, one peer each: the same metrics
     let nodes = dir.path().join("nodes");
-    let port = free_ports();
-    let args = run_args(&nodes, false);
-    let one = node(&args, 1, port);
-    let zero = node(&args, 0, port);
-    succeeds(zero, "node 0");
-    succeeds(one, "node 1");
+    two_nodes(&run_args(&nodes, false), "two nodes");
     assert_eq!(metrics(&nodes), reference, "two nodes against two peers");
 
     // node 1 killed: node 0 names it; both resume from node 0's checkpoint
     // and end where the uninterrupted run ends
     let killed = dir.path().join("killed");
     kill_one(&killed, 1);
-    let port = free_ports();
-    let args = run_args(&killed, true);
-    let one = node(&args, 1, port);
-    let zero = node(&args, 0, port);
-    succeeds(zero, "node 0, resumed");
-    succeeds(one, "node 1, resumed");
+    two_nodes(&run_args(&killed, true), "resumed");
     assert_eq!(metrics(&killed), reference, "killed and resumed");
 
     // node 0 killed: node 1 names it
@@ -206,15 +229,48 @@ fn two_nodes_train_what_two_peers_of_one_process_train_and_survive_a_killed_node
     for (rank, child) in [(0, zero), (1, one)] {
         let (status, stderr) = finish(child, Duration::from_secs(60), "a stopped node");
         assert_eq!(status.code(), Some(EXIT_STOPPED), "node {rank}: {stderr}");
+        if rank == 0 {
+            assert!(
+                stderr.contains("--resume") && stderr.contains("on every one of the 2 nodes"),
+                "{stderr}"
+            );
+        }
     }
     assert!(!stopped.join("summary.json").exists());
-    let newest = byol_train::checkpoint::list_checkpoints(&stopped)
-        .first()
-        .map(|(step, _)| *step);
+    let saved: Vec<usize> = byol_train::checkpoint::list_checkpoints(&stopped)
+        .into_iter()
+        .map(|(step, _)| step)
+        .collect();
     assert!(
-        newest.is_some_and(|s| s > 2),
-        "newest checkpoint {newest:?}"
+        saved.first().is_some_and(|&s| s > 2),
+        "checkpoints {saved:?}"
     );
+
+    // node 1's copy of the folder lacks the newest checkpoint: the nodes
+    // would resume different weights, and the join refuses
+    let (newest, older) = (saved[0], saved[1]);
+    let behind = dir.path().join("stopped-behind");
+    copy_run(&stopped, &behind);
+    let newest_dir = |out: &Path| out.join(CHECKPOINTS).join(checkpoint_name(newest));
+    std::fs::remove_dir_all(newest_dir(&behind)).expect("remove a checkpoint");
+    let differs = format!("node 1 resumes from the checkpoint of step {older}");
+    two_nodes_fail(&stopped, &behind, [&differs, &differs]);
+    // its newest checkpoint reads at the join but does not load: node 1
+    // would fall back to the older one, and stops instead
+    let broken = dir.path().join("stopped-broken");
+    copy_run(&stopped, &broken);
+    std::fs::write(newest_dir(&broken).join("model.mpk"), b"not a model").expect("break");
+    two_nodes_fail(
+        &stopped,
+        &broken,
+        [
+            "node 1 of 2 failed",
+            &format!("but every node agreed at the join on the checkpoint of step {newest}"),
+        ],
+    );
+    // the folder itself still resumes, to the uninterrupted run's end
+    two_nodes(&run_args(&stopped, true), "stopped, resumed");
+    assert_eq!(metrics(&stopped), reference, "stopped and resumed");
 
     // BatchNorm over the whole global batch, across the two processes
     let sync = ["train.sync_batchnorm=true", "train.epochs=1"];
@@ -229,11 +285,7 @@ fn two_nodes_train_what_two_peers_of_one_process_train_and_survive_a_killed_node
     args.extend(["--devices".into(), "cpu,cpu".into()]);
     succeeds(xtask(&args).spawn().expect("start"), "two synced peers");
     let nodes = dir.path().join("nodes-sync");
-    let port = free_ports();
-    let args = with_sync(run_args(&nodes, false));
-    let one = node(&args, 1, port);
-    succeeds(node(&args, 0, port), "synced node 0");
-    succeeds(one, "synced node 1");
+    two_nodes(&with_sync(run_args(&nodes, false)), "synced");
     assert_eq!(
         metrics(&nodes),
         metrics(&peers),

@@ -238,6 +238,14 @@ pub fn newest_usable<T>(
     })
 }
 
+/// The step of the newest checkpoint whose `state.json` reads: the one
+/// [`newest_usable`] tries first (it may still refuse its weights).
+pub fn newest_readable_step(run_dir: &Path) -> Option<usize> {
+    list_checkpoints(run_dir)
+        .into_iter()
+        .find_map(|(_, dir)| read_state(&dir).ok().map(|state| state.step))
+}
+
 /// Writes the checkpoint of `state.step`: `write` fills a temporary folder,
 /// `state.json` is added, everything is synced and the folder renamed into
 /// place; then all but the newest `keep` checkpoints are removed.

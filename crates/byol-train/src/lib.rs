@@ -109,8 +109,9 @@ pub enum TrainError {
     /// The run was asked to stop (see [`StopSignal`]) and saved a
     /// checkpoint of its last step.
     #[error(
-        "stopped at step {step} of {total}: checkpoint saved; continue with `cargo xtask pretrain --resume {}`",
-        out.display()
+        "stopped at step {step} of {total}: checkpoint saved; continue with `cargo xtask pretrain --resume {}`{}",
+        out.display(),
+        if *nodes > 1 { format!(" on every one of the {nodes} nodes") } else { String::new() }
     )]
     Interrupted {
         /// The last step done and saved.
@@ -119,6 +120,8 @@ pub enum TrainError {
         total: usize,
         /// The run folder.
         out: PathBuf,
+        /// Machines of the run (`train.nodes`): each resumes.
+        nodes: usize,
     },
     /// The projections collapsed (see `train.collapse_stop`).
     #[error(

@@ -13,8 +13,10 @@
 //! own, plain TCP lines between node 0 (PORT + 1) and each other node:
 //!
 //! - the join: each node says `hello` with its rank, the node count, its
-//!   peers and a hash of its config; node 0 answers `go` once every node
-//!   has said it, or names the nodes missing after `train.node_timeout_s`;
+//!   peers, the checkpoint step it resumes from (`fresh` when it does not)
+//!   and a hash of its config; node 0 answers `go` once every node has
+//!   said it and all agree, or names the nodes missing after
+//!   `train.node_timeout_s`;
 //! - heartbeats every second both ways: a closed connection (a killed
 //!   process) or `train.node_timeout_s` of silence names the lost node,
 //!   and every node exits with [`EXIT_NODE_LOST`];
@@ -124,19 +126,22 @@ pub struct NodeSpec {
     pub timeout: Duration,
     /// Peers on each machine (`train.devices`).
     pub local_peers: usize,
-    /// Whether the run resumes (every node must say the same).
-    pub resume: bool,
+    /// The checkpoint step this node resumes from, `None` for a fresh
+    /// start: every node must say the same, or the nodes would train
+    /// different weights with one averaged gradient.
+    pub resume: Option<usize>,
     /// [`config_hash`].
     pub config_hash: u64,
 }
 
 impl NodeSpec {
-    /// The spec of `config`'s run, `None` with one machine.
+    /// The spec of `config`'s run, `None` with one machine; `resume` is
+    /// the step of the checkpoint the run is to resume from.
     ///
     /// # Errors
     ///
     /// [`TrainError::InvalidConfig`] for a bad `train.coordinator`.
-    pub fn of(config: &RunConfig, resume: bool) -> Result<Option<Self>, TrainError> {
+    pub fn of(config: &RunConfig, resume: Option<usize>) -> Result<Option<Self>, TrainError> {
         let t: &TrainConfig = &config.train;
         if t.nodes <= 1 {
             return Ok(None);
@@ -166,7 +171,11 @@ impl NodeSpec {
     fn hello(&self) -> String {
         format!(
             "hello {} {} {} {} {:016x}",
-            self.rank, self.nodes, self.local_peers, self.resume as u8, self.config_hash
+            self.rank,
+            self.nodes,
+            self.local_peers,
+            resume_word(self.resume),
+            self.config_hash
         )
     }
 
@@ -200,19 +209,22 @@ impl NodeSpec {
                 self.local_peers
             ));
         }
-        if resume != (self.resume as u8).to_string() {
+        let ours = resume_word(self.resume);
+        if resume != ours {
+            let says = |word: &str| match word {
+                "fresh" => "starts afresh".to_string(),
+                step => format!("resumes from the checkpoint of step {step}"),
+            };
+            let hint = if resume == "fresh" || ours == "fresh" {
+                "pass --resume to every node or to none"
+            } else {
+                "every node must see the same checkpoints in its --out folder (one \
+                 shared folder, or copies of node 0's)"
+            };
             return Err(format!(
-                "{who} {} and node 0 {}; pass --resume to every node or to none",
-                if resume == "1" {
-                    "resumes"
-                } else {
-                    "starts afresh"
-                },
-                if self.resume {
-                    "resumes"
-                } else {
-                    "starts afresh"
-                },
+                "{who} {} and node 0 {}; {hint}",
+                says(resume),
+                says(&ours)
             ));
         }
         if hash != format!("{:016x}", self.config_hash) {
@@ -383,6 +395,20 @@ fn nodes_error(message: String) -> TrainError {
     TrainError::Nodes(message)
 }
 
+/// A checkpoint step in words.
+fn step_phrase(step: Option<usize>) -> String {
+    step.map_or_else(
+        || "no checkpoint".into(),
+        |step| format!("the checkpoint of step {step}"),
+    )
+}
+
+/// How `hello` says where a node starts: `fresh`, or the step it resumes
+/// from.
+fn resume_word(resume: Option<usize>) -> String {
+    resume.map_or_else(|| "fresh".into(), |step| step.to_string())
+}
+
 impl NodeLink {
     /// Joins the run `spec` describes: node 0 starts the orchestrator and
     /// waits for every other node's `hello`; the others reach node 0 and
@@ -499,13 +525,41 @@ impl NodeLink {
             .with_global_all_reduce_strategy(AllReduceStrategy::Tree(2)))
     }
 
+    /// Checks that this node's session resumed from the checkpoint it
+    /// named at the join (`from`: the step it did resume from). A node
+    /// whose newest checkpoint read at the join but did not load falls
+    /// back to an older one; it must not train on from there.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::Nodes`] naming both steps.
+    pub fn check_resumed(&self, from: Option<usize>) -> Result<(), TrainError> {
+        let said = self.watch.spec.resume;
+        if from == said {
+            return Ok(());
+        }
+        Err(nodes_error(format!(
+            "node {} of {} resumed from {}, but every node agreed at the join on {}: the \
+             newer checkpoint did not load here (the warning above says why). Remove it on \
+             every node, or mend it, and --resume again",
+            self.rank(),
+            self.nodes(),
+            step_phrase(from),
+            step_phrase(said),
+        )))
+    }
+
     /// The run on this node has ended with `result`, before its peers
     /// leave the group: when it failed or stopped early, the other nodes
     /// are told (they would wait for this one in the next all-reduce).
     pub fn ended(&self, result: &Result<(), TrainError>) {
-        let Err(e) = result else {
-            return;
-        };
+        if let Err(e) = result {
+            self.failed(e);
+        }
+    }
+
+    /// [`NodeLink::ended`] with the error `e`.
+    pub fn failed(&self, e: &TrainError) {
         if matches!(e, TrainError::Collective(_)) && !self.watch.finished.load(Ordering::SeqCst) {
             // a failed all-reduce most often means a node is gone: give the
             // watch channel, which names it, the time to see it first
@@ -840,7 +894,7 @@ mod tests {
             port: 9000,
             timeout: Duration::from_secs(5),
             local_peers: 2,
-            resume: false,
+            resume: None,
             config_hash: 0xabc,
         }
     }
@@ -858,7 +912,28 @@ mod tests {
         assert!(other(&|s| s.rank = 3).contains("train.node_rank"));
         assert!(other(&|s| s.nodes = 4).contains("train.nodes = 4"));
         assert!(other(&|s| s.local_peers = 1).contains("train.devices"));
-        assert!(other(&|s| s.resume = true).contains("--resume"));
+        assert!(other(&|s| s.resume = Some(4)).contains("pass --resume to every node"));
+        let resumed = NodeSpec {
+            resume: Some(4),
+            ..spec(0)
+        };
+        let older = NodeSpec {
+            resume: Some(2),
+            ..spec(1)
+        };
+        let differs = resumed.check_hello(&older.hello()).expect_err("older");
+        assert!(
+            differs.contains("node 1 resumes from the checkpoint of step 2")
+                && differs.contains("node 0 resumes from the checkpoint of step 4")
+                && differs.contains("the same checkpoints"),
+            "{differs}"
+        );
+        assert!(
+            resumed
+                .check_hello(&spec(1).hello())
+                .expect_err("fresh")
+                .contains("starts afresh")
+        );
         assert!(other(&|s| s.config_hash = 1).contains("config differs"));
         assert!(
             zero.check_hello("GET / HTTP/1.1")

@@ -324,7 +324,23 @@ where
         path: out_dir,
         writes,
     };
-    let mut session = Session::start(config, folder, device, options, data, source, hooks)?;
+    let opened =
+        Session::start(config, folder, device, options, data, source, hooks).and_then(|session| {
+            match &link {
+                Some(link) => link.check_resumed(session.resumed_from()).map(|()| session),
+                None => Ok(session),
+            }
+        });
+    let mut session = match opened {
+        Ok(session) => session,
+        Err(e) => {
+            // after the join, a node that cannot start tells the others why
+            if let Some(link) = &link {
+                link.failed(&e);
+            }
+            return Err(e);
+        }
+    };
     let replicas = session.replicas(others, source)?;
     let shape = {
         let size = config.augment.size;
@@ -383,7 +399,15 @@ fn join_nodes(
     out_dir: &Path,
     mut options: PretrainOptions,
 ) -> Result<(Option<NodeLink>, bool, PretrainOptions), TrainError> {
-    let spec = NodeSpec::of(config, options.resume)?;
+    // every node names the checkpoint it will resume from at the join
+    let resume_step = match (options.resume, config.train.nodes > 1) {
+        (true, true) => Some(
+            crate::checkpoint::newest_readable_step(out_dir)
+                .ok_or_else(|| session::no_checkpoint(out_dir))?,
+        ),
+        _ => None,
+    };
+    let spec = NodeSpec::of(config, resume_step)?;
     let writes = spec.as_ref().is_none_or(|s| s.rank == 0);
     if writes || options.resume {
         check_run_folder(config, out_dir, options.resume)?;

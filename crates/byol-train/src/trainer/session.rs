@@ -334,6 +334,11 @@ where
         Ok(session)
     }
 
+    /// The checkpoint step this session resumed from, if it did.
+    pub(crate) fn resumed_from(&self) -> Option<usize> {
+        self.resumed_from
+    }
+
     /// The loader's plan for the rest of the run.
     pub(crate) fn plan(&self) -> Plan {
         self.length.plan(self.config, self.state.step)
@@ -427,6 +432,7 @@ where
                 step: done,
                 total,
                 out: self.out_dir.to_path_buf(),
+                nodes: self.config.train.nodes,
             });
         }
         if epoch_end {
@@ -892,6 +898,15 @@ where
     Ok(Some(online))
 }
 
+/// A resume with no checkpoint to resume from.
+pub(crate) fn no_checkpoint(out_dir: &Path) -> TrainError {
+    TrainError::Resume(format!(
+        "{}: no usable checkpoint in {}",
+        out_dir.display(),
+        out_dir.join(CHECKPOINTS).display()
+    ))
+}
+
 /// The newest usable checkpoint of the run in `out_dir`, checked to fit
 /// `config`'s run; the resolved config is written back (a later plain
 /// `--resume` continues with today's epochs and learning rate).
@@ -918,11 +933,7 @@ where
         Ok((model, optimizers))
     });
     let Some((dir, state, (model, optimizers))) = found else {
-        return Err(TrainError::Resume(format!(
-            "{}: no usable checkpoint in {}",
-            out_dir.display(),
-            out_dir.join(CHECKPOINTS).display()
-        )));
+        return Err(no_checkpoint(out_dir));
     };
     tracing::info!(step = state.step, path = %dir.display(), "resuming");
     let total = length.total_steps;
