@@ -399,8 +399,13 @@ fn join_nodes(
     out_dir: &Path,
     mut options: PretrainOptions,
 ) -> Result<(Option<NodeLink>, bool, PretrainOptions), TrainError> {
+    let t = &config.train;
+    let writes = t.nodes <= 1 || t.node_rank == 0;
+    if writes || options.resume {
+        check_run_folder(config, out_dir, options.resume)?;
+    }
     // every node names the checkpoint it will resume from at the join
-    let resume_step = match (options.resume, config.train.nodes > 1) {
+    let resume_step = match (options.resume, t.nodes > 1) {
         (true, true) => Some(
             crate::checkpoint::newest_readable_step(out_dir)
                 .ok_or_else(|| session::no_checkpoint(out_dir))?,
@@ -408,10 +413,6 @@ fn join_nodes(
         _ => None,
     };
     let spec = NodeSpec::of(config, resume_step)?;
-    let writes = spec.as_ref().is_none_or(|s| s.rank == 0);
-    if writes || options.resume {
-        check_run_folder(config, out_dir, options.resume)?;
-    }
     let Some(spec) = spec else {
         return Ok((None, writes, options));
     };
