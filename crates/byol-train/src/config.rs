@@ -422,6 +422,13 @@ pub struct TrainConfig {
     /// waiting in an all-reduce, which burn-collective 0.21 can neither
     /// time out nor cancel: without this the process would hang.
     pub peer_failure_grace_s: f64,
+    /// With several peers or machines: seconds without a finished step
+    /// (evaluations and checkpoints between steps not counted) after
+    /// which the process exits with status 72 and an error
+    /// ([`crate::stall`]); at least 20 times the slowest step so far.
+    /// A peer stuck in a step (a hung device) otherwise holds the others
+    /// in their all-reduce for ever. 0 = no watch.
+    pub stall_timeout_s: f64,
     /// Machines of a multi-node run (1 = this one). Each runs this config
     /// with its own `node_rank` and the peers of its `devices`; the global
     /// batch is split over all of them ([`crate::nodes`]).
@@ -471,6 +478,7 @@ impl Default for TrainConfig {
             devices: Vec::new(),
             sync_batchnorm: false,
             peer_failure_grace_s: 30.0,
+            stall_timeout_s: 1800.0,
             nodes: 1,
             node_rank: 0,
             coordinator: String::new(),
@@ -652,6 +660,13 @@ impl TrainConfig {
                 "train.peer_failure_grace_s",
                 t.peer_failure_grace_s,
                 "a finite number of seconds > 0",
+            ));
+        }
+        if !(t.stall_timeout_s >= 0.0 && t.stall_timeout_s.is_finite()) {
+            return Err(invalid(
+                "train.stall_timeout_s",
+                t.stall_timeout_s,
+                "a finite number of seconds >= 0 (0: no stall watch)",
             ));
         }
         if t.keep_checkpoints == 0 {
@@ -1044,6 +1059,8 @@ mod tests {
         );
         assert!(err("", &["train.momentum=0.5"]).contains("train.momentum"));
         assert!(err("", &["eval.probe.epochs=0"]).contains("eval.probe.epochs"));
+        assert!(err("", &["train.stall_timeout_s=-1"]).contains("train.stall_timeout_s"));
+        assert!(err("", &["train.stall_timeout_s=inf"]).contains("train.stall_timeout_s"));
         assert!(err("", &["eval.probe.momentum=1.0"]).contains("eval.probe.momentum"));
         assert!(err("", &["eval.probe.optimizer=adam"]).contains("adam"));
     }

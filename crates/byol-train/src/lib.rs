@@ -24,6 +24,7 @@ pub mod parity;
 pub mod progress;
 pub mod run;
 pub mod schedule;
+pub mod stall;
 pub mod step;
 pub mod trainer;
 

@@ -19,7 +19,9 @@
 //!   `train.node_timeout_s`;
 //! - heartbeats every second both ways: a closed connection (a killed
 //!   process) or `train.node_timeout_s` of silence names the lost node,
-//!   and every node exits with [`EXIT_NODE_LOST`];
+//!   and every node exits with [`EXIT_NODE_LOST`]; node 0's say `busy`
+//!   instead of `hb` while it evaluates or checkpoints between steps, so
+//!   that the other nodes' stall watches ([`crate::stall`]) wait for it;
 //! - the end of a run: `done` when a node has left the group; node 0 waits
 //!   for everyone's before it ends (its orchestrator must outlive their
 //!   leaving); `stopped STEP` from node 0 when its run stopped early (a
@@ -38,6 +40,7 @@ use burn_collective::{AllReduceStrategy, CollectiveConfig};
 use burn_communication::Address;
 
 use crate::config::{TrainConfig, invalid};
+use crate::stall::Progress;
 use crate::trainer::StopSignal;
 use crate::{RunConfig, TrainError};
 
@@ -246,6 +249,10 @@ struct Watch {
     /// Write halves: node 0 holds one per other node (index rank − 1),
     /// the others one to node 0.
     links: Mutex<Vec<(usize, TcpStream)>>,
+    /// This node's stall watch: node 0's heartbeats say `busy` while it
+    /// is busy between steps, and the other nodes, waiting for it in
+    /// their next all-reduce meanwhile, restart theirs.
+    stall: Progress,
     /// Node 0: which nodes have said `done`.
     done: Mutex<Vec<bool>>,
     done_changed: Condvar,
@@ -328,6 +335,7 @@ impl Watch {
             let (word, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
             match word {
                 "hb" => {}
+                "busy" => self.stall.touch(),
                 "done" => {
                     said_done = true;
                     let mut done = Self::lock(&self.done);
@@ -420,7 +428,7 @@ impl NodeLink {
     /// [`TrainError::Nodes`] naming the nodes that did not join within
     /// `train.node_timeout_s`, a node whose settings differ from node 0's,
     /// a port that is taken.
-    pub fn join(spec: NodeSpec, stop: StopSignal) -> Result<Self, TrainError> {
+    pub fn join(spec: NodeSpec, stop: StopSignal, stall: Progress) -> Result<Self, TrainError> {
         let deadline = Instant::now() + spec.timeout;
         let (links, node_host) = if spec.rank == 0 {
             (host_the_join(&spec, deadline)?, spec.host.clone())
@@ -432,6 +440,7 @@ impl NodeLink {
             spec,
             finished: AtomicBool::new(false),
             links: Mutex::new(Vec::new()),
+            stall,
             done_changed: Condvar::new(),
         });
         let session_stop = if watch.spec.rank == 0 {
@@ -453,7 +462,8 @@ impl NodeLink {
         std::thread::spawn(move || {
             let mut asked = false;
             while !w.finished.load(Ordering::SeqCst) {
-                w.send_all("hb");
+                let busy = w.spec.rank == 0 && w.stall.is_busy();
+                w.send_all(if busy { "busy" } else { "hb" });
                 if w.spec.rank > 0 && !asked && stop.requested() {
                     asked = true;
                     tracing::warn!("stop requested: asking node 0 to stop the run");
@@ -523,6 +533,23 @@ impl NodeLink {
             .with_node_address(address(&self.node_host, spec.data_port())?)
             .with_data_service_port(spec.data_port())
             .with_global_all_reduce_strategy(AllReduceStrategy::Tree(2)))
+    }
+
+    /// What the stall watch calls before it exits: the other nodes are
+    /// told why (`abort`), so that they exit too, naming this node.
+    pub fn stall_teller(&self) -> impl FnOnce(&str) + Send + 'static {
+        let watch = Arc::clone(&self.watch);
+        move |why: &str| {
+            if !watch.finished.swap(true, Ordering::SeqCst) {
+                let spec = &watch.spec;
+                watch.send_all(&format!(
+                    "abort node {} of {} stalled: {}",
+                    spec.rank,
+                    spec.nodes,
+                    why.replace('\n', " ")
+                ));
+            }
+        }
     }
 
     /// Checks that this node's session resumed from the checkpoint it

@@ -18,7 +18,7 @@ mod session;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::budget::{DataFacts, DeviceMemory};
 use crate::loader::{Batch, with_prepared_loader};
 use crate::nodes::{NodeLink, NodeSpec};
+use crate::stall::Progress;
 use crate::{RunConfig, TrainError};
 use model::{Custom, ModelSource, ResNets, init_from};
 pub use plan::{RunPlan, StepCounts, plan_run};
@@ -119,6 +120,10 @@ pub(crate) struct Hooks {
     /// as it registers, a follower only).
     #[cfg(test)]
     pub(crate) panic_peer: Option<(usize, usize)>,
+    /// Make this peer (rank, a follower) hang for ever in this step of its
+    /// own (1-based), as a hung device would.
+    #[cfg(test)]
+    pub(crate) hang_peer: Option<(usize, usize)>,
 }
 
 impl Hooks {
@@ -143,6 +148,19 @@ impl Hooks {
 
     #[cfg(not(test))]
     fn panic_if(&self, _rank: usize, _step: usize) {}
+
+    /// Hangs for ever when `rank` is to hang in its `step` (1-based).
+    #[cfg(test)]
+    fn hang_if(&self, rank: usize, step: usize) {
+        if self.hang_peer == Some((rank, step)) {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    }
+
+    #[cfg(not(test))]
+    fn hang_if(&self, _rank: usize, _step: usize) {}
 }
 
 /// Runs BYOL pretraining of the built-in ResNet encoder of `config.model`
@@ -304,7 +322,8 @@ where
     source
         .memory_plan(config, &DataFacts::default())
         .check(options.memory)?;
-    let (link, writes, options) = join_nodes(config, out_dir, options)?;
+    let stall = Progress::new(Duration::from_secs_f64(config.train.stall_timeout_s));
+    let (link, writes, options) = join_nodes(config, out_dir, options, &stall)?;
     let data = data::open_data(config, options.progress)?;
     source
         .memory_plan(config, &data.facts())
@@ -324,6 +343,8 @@ where
         path: out_dir,
         writes,
     };
+    // node 0's kNN baselines keep the other nodes waiting
+    let busy = stall.busy();
     let opened =
         Session::start(config, folder, device, options, data, source, hooks).and_then(|session| {
             match &link {
@@ -341,6 +362,7 @@ where
             return Err(e);
         }
     };
+    drop(busy);
     let replicas = session.replicas(others, source)?;
     let shape = {
         let size = config.augment.size;
@@ -354,10 +376,19 @@ where
                 let (group, followers) =
                     peers::start(scope, replicas, shape, device, &watchdog, hooks, layout)?;
                 session.set_group(Some(group));
+                session.report_to(stall.clone());
+                match &link {
+                    Some(link) => stall.watch(
+                        format!("node {} of {}", link.rank(), link.nodes()),
+                        link.stall_teller(),
+                    ),
+                    None => stall.watch(format!("{} peers", layout.peers), |_| {}),
+                }
                 Some(followers)
             }
         };
         let trained = train_loop(config, &mut session);
+        stall.end();
         // the other machines wait for this one in the next all-reduce:
         // they are told before its peers leave
         if let Some(link) = &link {
@@ -398,6 +429,7 @@ fn join_nodes(
     config: &RunConfig,
     out_dir: &Path,
     mut options: PretrainOptions,
+    stall: &Progress,
 ) -> Result<(Option<NodeLink>, bool, PretrainOptions), TrainError> {
     let t = &config.train;
     let writes = t.nodes <= 1 || t.node_rank == 0;
@@ -416,7 +448,7 @@ fn join_nodes(
     let Some(spec) = spec else {
         return Ok((None, writes, options));
     };
-    let link = NodeLink::join(spec, options.stop.clone())?;
+    let link = NodeLink::join(spec, options.stop.clone(), stall.clone())?;
     options.stop = link.session_stop();
     Ok((Some(link), writes, options))
 }
@@ -693,6 +725,7 @@ mod tests {
             number("BYOL_TEST_PANIC_STEP"),
         );
         let out = std::env::var("BYOL_TEST_OUT").expect("BYOL_TEST_OUT");
+        let hang = std::env::var("BYOL_TEST_HANG").is_ok();
         let mut config = sample_config(&[
             "train.max_steps=4",
             "train.checkpoint_every=1",
@@ -700,12 +733,16 @@ mod tests {
             "train.peer_failure_grace_s=1",
         ]);
         config.train.devices = vec!["cpu".into(), "cpu".into()];
+        if hang {
+            config.train.stall_timeout_s = 2.0;
+        }
         let source = ResNets {
             config: &config,
             init_from: None,
         };
         let hooks = Hooks {
-            panic_peer: Some((rank, step)),
+            panic_peer: (!hang).then_some((rank, step)),
+            hang_peer: hang.then_some((rank, step)),
             ..Hooks::default()
         };
         let result = run::<Autodiff<Flex>, ResNet<Autodiff<Flex>>>(
@@ -729,47 +766,61 @@ mod tests {
         }
     }
 
+    /// [`child_two_peers_one_of_which_panics`] in a process of its own,
+    /// peer `rank` panicking (or with `hang`, hanging) in its `step`: its
+    /// exit code, its stderr and the checkpoints it left.
+    fn failing_child(
+        rank: usize,
+        step: usize,
+        hang: bool,
+    ) -> (Option<i32>, String, Vec<(usize, std::path::PathBuf)>) {
+        let out = tempfile::tempdir().expect("dir");
+        let run = out.path().join("run");
+        let mut command = std::process::Command::new(std::env::current_exe().expect("exe"));
+        command
+            .args([
+                "--ignored",
+                "--exact",
+                "trainer::tests::child_two_peers_one_of_which_panics",
+                "--nocapture",
+            ])
+            .env("BYOL_TEST_PANIC_RANK", rank.to_string())
+            .env("BYOL_TEST_PANIC_STEP", step.to_string())
+            .env("BYOL_TEST_OUT", &run)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if hang {
+            command.env("BYOL_TEST_HANG", "1");
+        }
+        let mut child = command.spawn().expect("the test binary again");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(300) {
+                let _ = child.kill();
+                panic!("peer {rank} failed and the run hung (killed after 300 s)");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("stderr");
+        (status.code(), stderr, list_checkpoints(&run))
+    }
+
     #[test]
     fn a_peer_that_fails_mid_run_ends_the_process_naming_it_instead_of_hanging() {
         // (rank, its step): a follower in step 2, rank 0 in step 2, a
         // follower as it registers (rank 0 then waits in its own)
         for (rank, step) in [(1, 2), (0, 2), (1, 0)] {
-            let out = tempfile::tempdir().expect("dir");
-            let run = out.path().join("run");
-            let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
-                .args([
-                    "--ignored",
-                    "--exact",
-                    "trainer::tests::child_two_peers_one_of_which_panics",
-                    "--nocapture",
-                ])
-                .env("BYOL_TEST_PANIC_RANK", rank.to_string())
-                .env("BYOL_TEST_PANIC_STEP", step.to_string())
-                .env("BYOL_TEST_OUT", &run)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("the test binary again");
-            let started = Instant::now();
-            let status = loop {
-                if let Some(status) = child.try_wait().expect("wait") {
-                    break status;
-                }
-                if started.elapsed() > std::time::Duration::from_secs(300) {
-                    let _ = child.kill();
-                    panic!("peer {rank} panicked and the run hung (killed after 300 s)");
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            };
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-                .expect("stderr");
+            let (code, stderr, kept) = failing_child(rank, step, false);
             // A follower that panics leaves rank 0 in an all-reduce: the
             // watchdog ends the process. Rank 0 panicking before its
             // all-reduce lets the run end by itself with an error (its
             // leaving the group fails the follower's all-reduce); either
             // way the error names the peer.
-            let code = status.code();
             if rank == 0 {
                 assert!(
                     [Some(peers::EXIT_PEER_FAILED), Some(3)].contains(&code),
@@ -783,9 +834,24 @@ mod tests {
             let named = format!("peer {rank} of 2 panicked");
             assert!(stderr.contains(&named), "{named:?} not in: {stderr}");
             // the checkpoint of step 1 is whole: a run can resume from it
-            let kept = list_checkpoints(&run);
             assert_eq!(kept.len(), usize::from(step > 1), "{kept:?}");
         }
+    }
+
+    #[test]
+    fn a_peer_stuck_in_a_step_ends_the_process_after_the_stall_timeout() {
+        // a follower hangs in its second step, as on a hung device: rank 0
+        // waits in the all-reduce, which has no timeout, until the stall
+        // watch (2 s, or 20 × the slowest step) ends the process
+        let (code, stderr, kept) = failing_child(1, 2, true);
+        assert_eq!(code, Some(crate::stall::EXIT_STALLED), "{stderr}");
+        assert!(
+            stderr.contains("2 peers: no step has finished for")
+                && stderr.contains("train.stall_timeout_s = 2 s"),
+            "{stderr}"
+        );
+        // the checkpoint of step 1 is whole
+        assert_eq!(kept.iter().map(|c| c.0).collect::<Vec<_>>(), [1]);
     }
 
     #[test]

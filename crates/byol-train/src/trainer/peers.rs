@@ -397,6 +397,7 @@ where
         steps += 1;
         let stepped = catch_unwind(AssertUnwindSafe(|| {
             hooks.panic_if(peer.rank, steps);
+            hooks.hang_if(peer.rank, steps);
             let upload =
                 |v: &[f32]| Tensor::<B, 1>::from_floats(v, &device).reshape([shard.len, c, h, w]);
             let (v1, v2) = (upload(&shard.view1), upload(&shard.view2));

@@ -29,6 +29,7 @@ use crate::config::{LrSchedule, RunConfig, RunIdentity};
 use crate::loader::{Batch, Plan};
 use crate::metrics::{MetricsLog, Record};
 use crate::parallel::{peer_step, replica};
+use crate::stall::Progress;
 use crate::step::{Optimizers, StepOutput, StepSettings, byol_step};
 use crate::{TrainError, progress, schedule};
 
@@ -219,6 +220,8 @@ where
     resumed_dir: Option<PathBuf>,
     /// The data-parallel followers, when `train.devices` lists several.
     group: Option<Group>,
+    /// The stall watch's record of the steps, with several peers.
+    stall: Option<Progress>,
 }
 
 impl<'a, B, E> Session<'a, B, E>
@@ -315,6 +318,7 @@ where
             resumed_from,
             resumed_dir,
             group: None,
+            stall: None,
         };
         if resumed_from.is_none() {
             session.measure_baselines()?;
@@ -416,6 +420,12 @@ where
         if done.is_multiple_of(self.config.train.log_every) || done == total {
             self.log_interval(out, epoch, waited)?;
         }
+        let stall = self.stall.clone();
+        if let Some(p) = &stall {
+            p.stepped();
+        }
+        // evaluations and checkpoints are no stall
+        let _busy = stall.as_ref().map(Progress::busy);
         let epoch_end = self.length.ends_epoch(done);
         if epoch_end {
             self.end_epoch(epoch, waited)?;
@@ -562,6 +572,12 @@ where
                 })
             })
             .collect()
+    }
+
+    /// Has the session tell `progress` of every step, and of its work
+    /// between steps.
+    pub(crate) fn report_to(&mut self, stall: Progress) {
+        self.stall = Some(stall);
     }
 
     /// Hands the session the followers' [`Group`] (`None` to take it back).
