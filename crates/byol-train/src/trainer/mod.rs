@@ -328,14 +328,7 @@ where
     source
         .memory_plan(config, &data.facts())
         .check(options.memory)?;
-    let layout = match &link {
-        Some(link) => Some(peers::Layout {
-            first: link.first_peer(),
-            peers: link.peers(),
-            config: link.collective_config()?,
-        }),
-        None => (!others.is_empty()).then(|| peers::Layout::local(devices.len())),
-    };
+    let layout = layout(link.as_ref(), devices.len())?;
     // burn's collective is one group per process: a second data-parallel
     // run waits here for the first to end
     let _group = layout.is_some().then(crate::parallel::group_lock);
@@ -345,23 +338,8 @@ where
     };
     // node 0's kNN baselines keep the other nodes waiting
     let busy = stall.busy();
-    let opened =
-        Session::start(config, folder, device, options, data, source, hooks).and_then(|session| {
-            match &link {
-                Some(link) => link.check_resumed(session.resumed_from()).map(|()| session),
-                None => Ok(session),
-            }
-        });
-    let mut session = match opened {
-        Ok(session) => session,
-        Err(e) => {
-            // after the join, a node that cannot start tells the others why
-            if let Some(link) = &link {
-                link.failed(&e);
-            }
-            return Err(e);
-        }
-    };
+    let opened = Session::start(config, folder, device, options, data, source, hooks);
+    let mut session = checked_against_join(link.as_ref(), opened)?;
     drop(busy);
     let replicas = session.replicas(others, source)?;
     let shape = {
@@ -377,13 +355,7 @@ where
                     peers::start(scope, replicas, shape, device, &watchdog, hooks, layout)?;
                 session.set_group(Some(group));
                 session.report_to(stall.clone());
-                match &link {
-                    Some(link) => stall.watch(
-                        format!("node {} of {}", link.rank(), link.nodes()),
-                        link.stall_teller(),
-                    ),
-                    None => stall.watch(format!("{} peers", layout.peers), |_| {}),
-                }
+                watch_for_stalls(&stall, link.as_ref(), layout.peers);
                 Some(followers)
             }
         };
@@ -415,6 +387,54 @@ where
         return Err(e);
     }
     session.finish(started)
+}
+
+/// `opened`, a session just started, checked against the join: it must
+/// have resumed from the step this node named there. A node that cannot
+/// start after the join tells the others why.
+fn checked_against_join<'a, B, E>(
+    link: Option<&NodeLink>,
+    opened: Result<Session<'a, B, E>, TrainError>,
+) -> Result<Session<'a, B, E>, TrainError>
+where
+    B: AutodiffBackend,
+    E: Encoder<B> + AutodiffModule<B>,
+    E::InnerModule: Encoder<B::InnerBackend>,
+    Byol<B, E>: AutodiffModule<B>,
+{
+    let Some(link) = link else {
+        return opened;
+    };
+    let checked = opened.and_then(|s| link.check_resumed(s.resumed_from()).map(|()| s));
+    if let Err(e) = &checked {
+        link.failed(e);
+    }
+    checked
+}
+
+/// The peers of the run: those of every node, or the `devices` of this
+/// process (`None` for one).
+fn layout(link: Option<&NodeLink>, devices: usize) -> Result<Option<peers::Layout>, TrainError> {
+    Ok(match link {
+        Some(link) => Some(peers::Layout {
+            first: link.first_peer(),
+            peers: link.peers(),
+            config: link.collective_config()?,
+        }),
+        None => (devices > 1).then(|| peers::Layout::local(devices)),
+    })
+}
+
+/// Starts the stall watch of a data-parallel run of `peers` peers; with
+/// several machines a stall is told to the other nodes.
+fn watch_for_stalls(stall: &Progress, link: Option<&NodeLink>, peers: usize) {
+    match link {
+        Some(link) => stall.watch(
+            format!("node {} of {}", link.rank(), link.nodes()),
+            link.stall_teller(),
+        ),
+        None => stall.watch(format!("{peers} peers"), |_| {}),
+    }
 }
 
 /// The run folder's check and, with several machines, the join: this
