@@ -367,6 +367,11 @@ pub struct TrainConfig {
     pub predictor_lr_multiplier: f64,
     /// Weight decay.
     pub weight_decay: f64,
+    /// ε of Adam and AdamW (PyTorch's 1e-8; setting another value with
+    /// SGD/LARS is an error). With the summed loss, Adam at
+    /// (2λ, 2ε) takes exactly the steps Adam at (λ, ε) took with the mean
+    /// of the two directions (docs/results.md, "The loss is the paper's sum").
+    pub adam_epsilon: f64,
     /// Momentum of SGD and LARS (setting it with Adam/AdamW is an error).
     pub momentum: f64,
     /// LARS trust coefficient η.
@@ -460,6 +465,7 @@ impl Default for TrainConfig {
             min_lr: 0.0,
             predictor_lr_multiplier: 1.0,
             weight_decay: 1e-6,
+            adam_epsilon: 1e-8,
             momentum: 0.9,
             lars_eta: 1e-3,
             lars_exclude_bias_and_norm: true,
@@ -553,13 +559,7 @@ impl TrainConfig {
                 ),
             ));
         }
-        if !(self.node_timeout_s > 0.0 && self.node_timeout_s.is_finite()) {
-            return Err(invalid(
-                "train.node_timeout_s",
-                self.node_timeout_s,
-                "a finite number of seconds > 0",
-            ));
-        }
+        seconds("train.node_timeout_s", self.node_timeout_s, None)?;
         if self.nodes == 1 {
             if !self.coordinator.is_empty() {
                 return Err(invalid(
@@ -589,6 +589,37 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// Refuses a key set for another optimizer than the run's: `momentum`
+    /// with Adam/AdamW, `adam_epsilon` with SGD/LARS (each would be
+    /// ignored).
+    fn validate_optimizer_keys(&self) -> Result<(), TrainError> {
+        let t = self;
+        let default = TrainConfig::default();
+        let adam = matches!(t.optimizer, OptimizerKind::Adam | OptimizerKind::Adamw);
+        if adam && t.momentum != default.momentum {
+            return Err(invalid(
+                "train.momentum",
+                t.momentum,
+                "no value with optimizer = \"adam\" or \"adamw\" (momentum is for sgd and lars)",
+            ));
+        }
+        if !(t.adam_epsilon > 0.0 && t.adam_epsilon.is_finite()) {
+            return Err(invalid(
+                "train.adam_epsilon",
+                t.adam_epsilon,
+                "a finite number > 0",
+            ));
+        }
+        if !adam && t.adam_epsilon != default.adam_epsilon {
+            return Err(invalid(
+                "train.adam_epsilon",
+                t.adam_epsilon,
+                "no value with optimizer = \"sgd\" or \"lars\" (ε is Adam's and AdamW's)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the `[train]` values against their ranges.
     ///
     /// # Errors
@@ -612,15 +643,7 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&t.momentum) {
             return Err(invalid("train.momentum", t.momentum, "a number in [0, 1)"));
         }
-        if matches!(t.optimizer, OptimizerKind::Adam | OptimizerKind::Adamw)
-            && t.momentum != TrainConfig::default().momentum
-        {
-            return Err(invalid(
-                "train.momentum",
-                t.momentum,
-                "no value with optimizer = \"adam\" or \"adamw\" (momentum is for sgd and lars)",
-            ));
-        }
+        t.validate_optimizer_keys()?;
         for (key, v) in [
             ("train.min_lr", t.min_lr),
             ("train.warmup_epochs", t.warmup_epochs),
@@ -655,20 +678,12 @@ impl TrainConfig {
         if !(t.lars_eta > 0.0 && t.lars_eta.is_finite()) {
             return Err(invalid("train.lars_eta", t.lars_eta, "a finite number > 0"));
         }
-        if !(t.peer_failure_grace_s > 0.0 && t.peer_failure_grace_s.is_finite()) {
-            return Err(invalid(
-                "train.peer_failure_grace_s",
-                t.peer_failure_grace_s,
-                "a finite number of seconds > 0",
-            ));
-        }
-        if !(t.stall_timeout_s >= 0.0 && t.stall_timeout_s.is_finite()) {
-            return Err(invalid(
-                "train.stall_timeout_s",
-                t.stall_timeout_s,
-                "a finite number of seconds >= 0 (0: no stall watch)",
-            ));
-        }
+        seconds("train.peer_failure_grace_s", t.peer_failure_grace_s, None)?;
+        seconds(
+            "train.stall_timeout_s",
+            t.stall_timeout_s,
+            Some("no stall watch"),
+        )?;
         if t.keep_checkpoints == 0 {
             return Err(invalid("train.keep_checkpoints", 0, "at least 1"));
         }
@@ -777,6 +792,7 @@ impl TrainConfig {
         crate::optim::OptimizerSettings {
             kind: self.optimizer,
             weight_decay: self.weight_decay,
+            adam_epsilon: self.adam_epsilon,
             momentum: self.momentum,
             lars_eta: self.lars_eta,
             lars_exclude_bias_and_norm: self.lars_exclude_bias_and_norm,
@@ -821,6 +837,22 @@ impl Default for EvalConfig {
             online_linear: true,
             online_linear_lr: 1e-3,
         }
+    }
+}
+
+/// Checks that `value` is a finite number of seconds: > 0, or >= 0 where
+/// `zero` says what 0 means.
+fn seconds(key: &str, value: f64, zero: Option<&str>) -> Result<(), TrainError> {
+    match zero {
+        None if !(value > 0.0 && value.is_finite()) => {
+            Err(invalid(key, value, "a finite number of seconds > 0"))
+        }
+        Some(means) if !(value >= 0.0 && value.is_finite()) => Err(invalid(
+            key,
+            value,
+            &format!("a finite number of seconds >= 0 (0: {means})"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -1029,6 +1061,19 @@ mod tests {
     }
 
     #[test]
+    fn adam_epsilon_reaches_adam_and_adamw() {
+        for optimizer in ["adam", "adamw"] {
+            let c = RunConfig::from_toml(
+                "[train]\nadam_epsilon = 2e-8\n",
+                &[format!("train.optimizer={optimizer}")],
+            )
+            .expect("valid");
+            c.validate().expect("valid with adam and adamw");
+            assert_eq!(c.train.optimizer_settings().adam_epsilon, 2e-8);
+        }
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let c = RunConfig::from_toml("", &[]).expect("empty is valid");
         assert_eq!(c, RunConfig::default());
@@ -1058,6 +1103,15 @@ mod tests {
             err("", &["augment.view1.crop_scale=[0.9, 0.5]"]).contains("augment.view1.crop_scale")
         );
         assert!(err("", &["train.momentum=0.5"]).contains("train.momentum"));
+        assert!(err("", &["train.adam_epsilon=0"]).contains("train.adam_epsilon"));
+        assert!(err("", &["train.adam_epsilon=nan"]).contains("train.adam_epsilon"));
+        let lars = err("", &["train.optimizer=lars", "train.adam_epsilon=1e-6"]);
+        assert!(
+            lars.contains("train.adam_epsilon") && lars.contains("lars"),
+            "{lars}"
+        );
+        assert!(err("", &["train.peer_failure_grace_s=0"]).contains("seconds > 0"));
+        assert!(err("", &["train.stall_timeout_s=-1"]).contains("0: no stall watch"));
         assert!(err("", &["eval.probe.epochs=0"]).contains("eval.probe.epochs"));
         assert!(err("", &["train.stall_timeout_s=-1"]).contains("train.stall_timeout_s"));
         assert!(err("", &["train.stall_timeout_s=inf"]).contains("train.stall_timeout_s"));

@@ -124,6 +124,50 @@ mod tests {
     }
 
     #[test]
+    fn its_gradient_is_exactly_twice_the_mean_of_the_two_directions() {
+        // the summed loss doubles every gradient of ½(ℓ + ℓ̃), bit for bit:
+        // what lets Adam at (2λ, 2ε) retrace a run of the mean at (λ, ε)
+        // (optim.rs, `adam_at_twice_the_decay_and_epsilon_retraces_half_the_gradient`)
+        type A = burn::backend::Autodiff<B>;
+        let (p1, p2, z1, z2) = (
+            rand(11, [8, 4]),
+            rand(12, [8, 4]),
+            rand(13, [8, 4]),
+            rand(14, [8, 4]),
+        );
+        let gradients = |mean: bool| -> Vec<f32> {
+            let a1 = Tensor::<A, 2>::from_inner(p1.clone()).require_grad();
+            let a2 = Tensor::<A, 2>::from_inner(p2.clone()).require_grad();
+            let (b1, b2) = (
+                Tensor::<A, 2>::from_inner(z1.clone()),
+                Tensor::<A, 2>::from_inner(z2.clone()),
+            );
+            let loss = if mean {
+                // the formula before 2026-12-01
+                (regression_loss(a1.clone(), b2) + regression_loss(a2.clone(), b1))
+                    .mean()
+                    .mul_scalar(0.5)
+            } else {
+                byol_loss(a1.clone(), a2.clone(), b1, b2)
+            };
+            let grads = loss.backward();
+            [a1, a2]
+                .iter()
+                .flat_map(|a| {
+                    let g = a.grad(&grads).expect("a gradient");
+                    g.into_data().to_vec::<f32>().expect("f32")
+                })
+                .collect()
+        };
+        let (sum, mean) = (gradients(false), gradients(true));
+        assert_eq!(sum.len(), 64);
+        assert!(mean.iter().any(|g| g.abs() > 1e-3), "{mean:?}");
+        for (s, m) in sum.iter().zip(&mean) {
+            assert_eq!(*s, 2.0 * m);
+        }
+    }
+
+    #[test]
     fn loss_matches_formula_on_a_hand_example() {
         // p = (1, 0), z = (1, 1): cos = 1/√2, ℓ = 2 − √2
         let p = Tensor::<B, 2>::from_floats([[1.0, 0.0]], &Default::default());

@@ -37,6 +37,8 @@ pub struct OptimizerSettings {
     /// Weight decay (L2 in the gradient for Adam and SGD, decoupled for
     /// AdamW, in the gradient of adapted tensors for LARS).
     pub weight_decay: f64,
+    /// ε of Adam and AdamW, added to the root of the second moment.
+    pub adam_epsilon: f64,
     /// Momentum of SGD and LARS.
     pub momentum: f64,
     /// LARS trust coefficient η.
@@ -48,22 +50,38 @@ pub struct OptimizerSettings {
     pub lars_clip: bool,
 }
 
+impl OptimizerSettings {
+    /// Adam with PyTorch's ε (1e-8) and `weight_decay`; the SGD and LARS
+    /// fields at their config defaults.
+    pub fn adam(weight_decay: f64) -> Self {
+        Self {
+            kind: OptimizerKind::Adam,
+            weight_decay,
+            adam_epsilon: 1e-8,
+            momentum: 0.9,
+            lars_eta: 1e-3,
+            lars_exclude_bias_and_norm: true,
+            lars_clip: false,
+        }
+    }
+}
+
 impl<M: AutodiffModule<B>, B: AutodiffBackend> ByolOptimizer<M, B> {
     /// Builds the optimizer. burn's defaults differ from PyTorch's (Adam ε
     /// 1e-5, SGD dampening 0.1, AdamW weight decay 1e-4); every value is set
-    /// here as PyTorch sets it.
+    /// here as PyTorch sets it, ε from `adam_epsilon`.
     pub fn new(s: &OptimizerSettings) -> Self {
         let decay = (s.weight_decay > 0.0).then(|| WeightDecayConfig::new(s.weight_decay as f32));
         match s.kind {
             OptimizerKind::Adam => Self::Adam(
                 AdamConfig::new()
-                    .with_epsilon(1e-8)
+                    .with_epsilon(s.adam_epsilon as f32)
                     .with_weight_decay(decay)
                     .init(),
             ),
             OptimizerKind::Adamw => Self::AdamW(
                 AdamWConfig::new()
-                    .with_epsilon(1e-8)
+                    .with_epsilon(s.adam_epsilon as f32)
                     .with_weight_decay(s.weight_decay as f32)
                     .init(),
             ),
@@ -235,11 +253,7 @@ mod tests {
     fn settings(kind: OptimizerKind) -> OptimizerSettings {
         OptimizerSettings {
             kind,
-            weight_decay: 0.0,
-            momentum: 0.9,
-            lars_eta: 1e-3,
-            lars_exclude_bias_and_norm: true,
-            lars_clip: false,
+            ..OptimizerSettings::adam(0.0)
         }
     }
 
@@ -290,6 +304,41 @@ mod tests {
         for (w1, w0) in values(&layer).iter().zip(&w0) {
             assert!((w1 - w0 * (1.0 - 0.1 * 0.5)).abs() < 1e-6, "{w1} vs {w0}");
         }
+    }
+
+    #[test]
+    fn adam_at_twice_the_decay_and_epsilon_retraces_half_the_gradient() {
+        // The summed loss doubles every gradient of the mean of the two
+        // directions (loss.rs). Adam at (2λ, 2ε) on 2g moves each weight
+        // exactly as Adam at (λ, ε) on g: the decayed gradient 2g + 2λw, both
+        // moments and the denominator √v + ε scale by powers of two, which
+        // floating point carries exactly.
+        let device = Default::default();
+        let start = linear();
+        values(&start); // drawn before the copies share it
+        let adam = |weight_decay, adam_epsilon| {
+            ByolOptimizer::<Linear<A>, A>::new(&OptimizerSettings {
+                weight_decay,
+                adam_epsilon,
+                ..OptimizerSettings::adam(0.0)
+            })
+        };
+        let run = |mut optim: ByolOptimizer<Linear<A>, A>, scale: f32| {
+            let mut layer = start.clone();
+            for i in 0..6 {
+                let x = Tensor::<A, 2>::from_floats([[1.0, i as f32 - 2.5, 0.5]], &device);
+                let loss = layer.forward(x).powi_scalar(2).sum().mul_scalar(scale);
+                let grads = GradientsParams::from_grads(loss.backward(), &layer);
+                layer = optim.step(0.1, layer, grads);
+            }
+            values(&layer)
+        };
+        let mean = run(adam(1e-2, 1e-3), 1.0);
+        assert_ne!(mean, values(&start));
+        assert_eq!(run(adam(2e-2, 2e-3), 2.0), mean);
+        // each of the two counts: ε or λ left as they were part the runs
+        assert_ne!(run(adam(2e-2, 1e-3), 2.0), mean);
+        assert_ne!(run(adam(1e-2, 2e-3), 2.0), mean);
     }
 
     #[test]

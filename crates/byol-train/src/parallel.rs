@@ -450,11 +450,7 @@ mod tests {
     fn optimizers(kind: OptimizerKind) -> Optimizers<Net, A> {
         Optimizers::new(&OptimizerSettings {
             kind,
-            weight_decay: 1e-4,
-            momentum: 0.9,
-            lars_eta: 1e-3,
-            lars_exclude_bias_and_norm: true,
-            lars_clip: false,
+            ..OptimizerSettings::adam(1e-4)
         })
     }
 

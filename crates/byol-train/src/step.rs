@@ -264,14 +264,7 @@ pub(crate) mod tests {
     }
 
     fn settings() -> OptimizerSettings {
-        OptimizerSettings {
-            kind: OptimizerKind::Adam,
-            weight_decay: 0.0,
-            momentum: 0.9,
-            lars_eta: 1e-3,
-            lars_exclude_bias_and_norm: true,
-            lars_clip: false,
-        }
+        OptimizerSettings::adam(0.0)
     }
 
     /// The small encoder with 32 → 16 heads, online and target built apart.

@@ -11,8 +11,8 @@ use burn::tensor::{DType, Distribution};
 use byol_model::{Byol, Encoder, ForwardOptions, Precision, ResNet};
 use byol_train::config::RunIdentity;
 use byol_train::{
-    ModelConfig, OptimizerKind, OptimizerSettings, Optimizers, RunConfig, StepSettings, TrainError,
-    byol_loss, byol_step,
+    ModelConfig, OptimizerSettings, Optimizers, RunConfig, StepSettings, TrainError, byol_loss,
+    byol_step,
 };
 
 type B = Autodiff<Flex>;
@@ -138,14 +138,7 @@ fn a_bf16_step_gives_the_f32_loss_within_2e_2_and_close_gradients() {
 #[test]
 fn a_bf16_training_step_keeps_parameters_and_target_in_f32() {
     let model = pair(12);
-    let mut optimizers = Optimizers::new(&OptimizerSettings {
-        kind: OptimizerKind::Adam,
-        weight_decay: 1e-6,
-        momentum: 0.9,
-        lars_eta: 1e-3,
-        lars_exclude_bias_and_norm: true,
-        lars_clip: false,
-    });
+    let mut optimizers = Optimizers::new(&OptimizerSettings::adam(1e-6));
     let settings = StepSettings {
         forward: options(Precision::Bf16),
         ..StepSettings::simple(1e-3, 0.99)

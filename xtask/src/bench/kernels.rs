@@ -11,9 +11,7 @@ use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 use byol_model::{Byol, ResNet};
 use byol_train::loader::{Plan, epoch_order, make_batch};
-use byol_train::{
-    ModelConfig, OptimizerKind, OptimizerSettings, Optimizers, StepSettings, byol_step,
-};
+use byol_train::{ModelConfig, OptimizerSettings, Optimizers, StepSettings, byol_step};
 use serde::Serialize;
 
 /// One BYOL step setting to time.
@@ -59,14 +57,7 @@ pub struct StepBenchResult {
 /// The optimizer every `bench step` times, as `bench/torch_byol_step.py`:
 /// Adam with PyTorch's ε, weight decay 1e-6.
 pub fn bench_optimizer() -> OptimizerSettings {
-    OptimizerSettings {
-        kind: OptimizerKind::Adam,
-        weight_decay: 1e-6,
-        momentum: 0.9,
-        lars_eta: 1e-3,
-        lars_exclude_bias_and_norm: true,
-        lars_clip: false,
-    }
+    OptimizerSettings::adam(1e-6)
 }
 
 /// Fails naming the first of `values` that is zero.
