@@ -35,7 +35,9 @@
 //! the evaluation. Not counted: the decoded source images of a batch
 //! (their size is the dataset's), datasets held in memory (IDX, CIFAR:
 //! their file size), allocator and backend pools, the online linear
-//! classifier (features × classes values), and an encoder of the caller's
+//! classifier (features × classes values) and, with several peers, the
+//! global batch's representations gathered for it (batch × features, a
+//! small share of the activations), and an encoder of the caller's
 //! ([`MemoryPlan::without_encoder`]), whose layers are unknown.
 
 use std::fmt;

@@ -169,8 +169,33 @@ where
     Byol<B, E>: AutodiffModule<B>,
 {
     let (grads, output) = peer_gradients(peer, &model, view1, view2, settings)?;
-    let (grads, output) = average::<B>(peer, grads, output)?;
+    let (grads, mut output) = average::<B>(peer, grads, output)?;
+    if settings.gather_representations {
+        output.representations = gathered(peer, output.representations)?;
+    }
     Ok((apply_gradients(model, optimizers, grads, settings), output))
+}
+
+/// Every peer's `shard` (`[n, dim]`, the same `n` on each) as one
+/// `[peers × n, dim]` tensor in rank order, i.e. the global batch's rows
+/// in batch order: each peer writes its rows into zeros and the group sums
+/// them (burn-collective has no all-gather; adding zeros is exact). Every
+/// peer of the group must call it once per step.
+///
+/// # Errors
+///
+/// [`TrainError::Collective`] when the all-reduce fails.
+pub fn gathered<I: Backend>(peer: Peer, shard: Tensor<I, 2>) -> Result<Tensor<I, 2>, TrainError> {
+    let [n, dim] = shard.dims();
+    let all = Tensor::<I, 2>::zeros([peer.peers * n, dim], &shard.device())
+        .slice_assign([peer.rank * n..(peer.rank + 1) * n, 0..dim], shard);
+    let sum = all_reduce::<I>(
+        peer.id(),
+        all.into_primitive().tensor(),
+        ReduceOperation::Sum,
+    )
+    .map_err(|e| collective(peer, "all-reduce of the representations", e))?;
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(sum)))
 }
 
 /// The forward and backward of [`peer_step`] on `peer`'s shard, before the
@@ -579,6 +604,40 @@ mod tests {
         let sq = |it: &mut dyn Iterator<Item = f64>| it.map(|x| x * x).sum::<f64>().sqrt();
         let diff = sq(&mut a.iter().zip(b).map(|(x, y)| f64::from(x - y)));
         diff / sq(&mut a.iter().map(|&x| f64::from(x)))
+    }
+
+    #[test]
+    fn every_peer_gathers_the_global_batch_in_rank_order() {
+        let _group = group_lock();
+        let shard =
+            |rank: usize| -> Vec<f32> { (0..6).map(|i| (rank * 10 + i) as f32 - 7.5).collect() };
+        let gathered_by: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3)
+                .map(|rank| {
+                    s.spawn(move || {
+                        let peer = Peer { rank, peers: 3 };
+                        peer.join::<A>(&Default::default()).expect("join");
+                        let rows = Tensor::<Flex, 1>::from_floats(
+                            shard(rank).as_slice(),
+                            &Default::default(),
+                        )
+                        .reshape([2, 3]);
+                        let all = gathered(peer, rows).expect("gather");
+                        peer.leave::<A>().expect("leave");
+                        assert_eq!(all.dims(), [6, 3]);
+                        all.into_data().to_vec::<f32>().expect("f32")
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("peer thread"))
+                .collect()
+        });
+        let expected: Vec<f32> = (0..3).flat_map(shard).collect();
+        for got in gathered_by {
+            assert_eq!(got, expected);
+        }
     }
 
     #[test]

@@ -68,6 +68,11 @@ pub struct StepSettings {
     /// whole global batch (`train.sync_batchnorm`, [`crate::parallel`]);
     /// on one device the shard is the batch and nothing changes.
     pub sync_batchnorm: bool,
+    /// With several data-parallel peers, every peer's output carries the
+    /// representations of the whole global batch, in batch order (the
+    /// online linear classifier trains on them); one device's output holds
+    /// the whole batch anyway.
+    pub gather_representations: bool,
 }
 
 impl StepSettings {
@@ -81,6 +86,7 @@ impl StepSettings {
             forward: ForwardOptions::default(),
             accumulate: 1,
             sync_batchnorm: false,
+            gather_representations: false,
         }
     }
 }

@@ -726,6 +726,61 @@ mod tests {
         assert!(err.to_string().contains("train.devices"), "{err}");
     }
 
+    #[test]
+    fn two_cpu_peers_train_the_online_classifier_on_the_whole_global_batch() {
+        // without BatchNorm two peers compute what one device computes; the
+        // classifier of rank 0 then trains on every peer's images, not on
+        // its own shard alone (it did until 2026-12-07: its training loss
+        // was that of half the batch)
+        type A = Autodiff<Flex>;
+        let one = sample_config(&[
+            "model.norm=\"group_ws\"",
+            "model.head_batchnorm=false",
+            "train.max_steps=3",
+            "eval.online_linear_lr=0.05",
+        ]);
+        let mut two = one.clone();
+        two.train.devices = vec!["cpu".into(), "cpu".into()];
+        let (out1, out2) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let s1 = pretrain::<A>(
+            &one,
+            out1.path(),
+            &Default::default(),
+            PretrainOptions::default(),
+        )
+        .expect("one device");
+        let s2 = pretrain_on::<A>(
+            &two,
+            out2.path(),
+            &[Default::default(), Default::default()],
+            PretrainOptions::default(),
+        )
+        .expect("two peers");
+        let scores = |out: &Path| -> Vec<(f64, f64)> {
+            let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+            text.lines()
+                .filter_map(|l| match serde_json::from_str(l).expect("a record") {
+                    crate::metrics::Record::OnlineLinear {
+                        train_loss, top1, ..
+                    } => Some((train_loss, top1)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let (a, b) = (scores(out1.path()), scores(out2.path()));
+        assert_eq!((a.len(), b.len()), (1, 1), "{a:?} {b:?}");
+        let ((loss1, top1_1), (loss2, top1_2)) = (a[0], b[0]);
+        assert!(
+            (loss1 - loss2).abs() <= 1e-4 * loss1,
+            "classifier training loss: one device {loss1}, two peers {loss2}"
+        );
+        assert_eq!(top1_1, top1_2);
+        assert_eq!(s1.online_linear_top1, s2.online_linear_top1);
+    }
+
     /// The child process of
     /// [`a_peer_that_fails_mid_run_ends_the_process_naming_it_instead_of_hanging`]:
     /// two peers, one of which (`BYOL_TEST_PANIC_RANK`) panics in its

@@ -106,6 +106,7 @@ impl RunLength {
             },
             accumulate: t.accumulate,
             sync_batchnorm: t.sync_batchnorm,
+            gather_representations: false,
         }
     }
 
@@ -206,6 +207,10 @@ where
     optimizers: Optimizers<Byol<B, E>, B>,
     /// The online linear classifier (`eval.online_linear` with labels).
     online: Option<OnlineLinear<B>>,
+    /// Whether the run has the classifier (on node 0): with several peers,
+    /// every peer, on every node, then sends its shard's representations
+    /// to rank 0 in each step, so that it trains on the whole global batch.
+    gathers: bool,
     state: TrainState,
     metrics: MetricsLog,
     guard: CollapseGuard,
@@ -252,6 +257,8 @@ where
             path: out_dir,
             writes,
         } = folder;
+        // known on every node: the data are the same
+        let gathers = config.eval.online_linear && data.knn.is_some();
         if !writes {
             // node 0 runs the monitors, which read nothing from the others
             data.knn = None;
@@ -309,6 +316,7 @@ where
             model: Some(model),
             optimizers,
             online,
+            gathers,
             state,
             metrics,
             guard: CollapseGuard::new(&config.train, config.model.projection_dim),
@@ -480,7 +488,9 @@ where
             Tensor::<B, 1>::from_floats(&v[r.start * per_image..r.end * per_image], self.device)
                 .reshape([r.len(), c, size, size])
         };
-        let settings = self.length.step_settings(self.config, batch.step);
+        let mut settings = self.length.step_settings(self.config, batch.step);
+        settings.gather_representations =
+            self.group.is_some() && self.gathers && batch.labels.is_some();
         let model = self
             .model
             .take()
@@ -523,9 +533,13 @@ where
         };
         self.model = Some(model);
         if let (Some(online), Some(labels)) = (&mut self.online, &batch.labels) {
-            // with several peers, rank 0's shard: its representations are
-            // the ones this thread holds
-            online.train(out.representations.clone(), &labels[mine]);
+            // with several peers, the whole global batch's, gathered
+            let rows = if settings.gather_representations {
+                0..trained
+            } else {
+                mine
+            };
+            online.train(out.representations.clone(), &labels[rows]);
         }
         if self.hooks.poisons(batch.step + 1) {
             out.loss = out.loss.mul_scalar(f64::NAN);
