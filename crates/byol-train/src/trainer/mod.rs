@@ -953,14 +953,19 @@ mod tests {
         });
         // the first step's forward is the same computation (measured equal
         // to the last bit); later steps part by the rounding of sums taken
-        // over two halves, which BatchNorm magnifies (2.3e-5 relative at
-        // step 3; parallel.rs's test of the step holds the weights to 1e-5)
+        // over two halves, which BatchNorm magnifies, by how much depends on
+        // the CPU's GEMM kernels: at step 3, 2.3e-5 relative on an AVX-512
+        // Intel Xeon, 1.2e-4 on an AVX2-only AMD EPYC (2026-12-07, which
+        // failed the 1e-4 this test had). Without the all-reduce in the
+        // backward the losses part by 1.4e-2 at step 2 and 6e-2 at step 3
+        // (measured on the AMD), so 1e-3 still tells the two apart.
+        // parallel.rs's test of the step holds the weights to 1e-5.
         assert!(
             (l1[0] - l2[0]).abs() <= 1e-6 * l1[0].abs(),
             "{l1:?} vs {l2:?}"
         );
         for (a, b) in l1.iter().zip(&l2) {
-            assert!((a - b).abs() <= 1e-4 * a.abs(), "losses {l1:?} vs {l2:?}");
+            assert!((a - b).abs() <= 1e-3 * a.abs(), "losses {l1:?} vs {l2:?}");
         }
     }
 }
