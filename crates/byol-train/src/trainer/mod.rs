@@ -668,6 +668,32 @@ mod tests {
             .collect()
     }
 
+    /// `one` run on one device (by `one_device`) and on two CPU peers
+    /// (`train.sync_batchnorm` as `sync`): the two run folders and
+    /// summaries, and the two peers' config.
+    fn on_one_and_two(
+        one: &RunConfig,
+        sync: bool,
+        one_device: impl FnOnce(&RunConfig, &Path) -> Result<RunSummary, TrainError>,
+    ) -> ([tempfile::TempDir; 2], [RunSummary; 2], RunConfig) {
+        let mut two = one.clone();
+        two.train.devices = vec!["cpu".into(), "cpu".into()];
+        two.train.sync_batchnorm = sync;
+        let outs = [
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        ];
+        let s1 = one_device(one, outs[0].path()).expect("one device");
+        let s2 = pretrain_on::<Autodiff<Flex>>(
+            &two,
+            outs[1].path(),
+            &[Default::default(), Default::default()],
+            PretrainOptions::default(),
+        )
+        .expect("two peers");
+        (outs, [s1, s2], two)
+    }
+
     /// The logged losses of `set`'s 3-step run on one device (run by
     /// `one_device`) and on two CPU peers (`train.sync_batchnorm` as
     /// `sync`), and the two peers' config.
@@ -682,22 +708,7 @@ mod tests {
             "train.log_every=1",
             "eval.monitor=false",
         ]);
-        let one = sample_config(&set);
-        let mut two = one.clone();
-        two.train.devices = vec!["cpu".into(), "cpu".into()];
-        two.train.sync_batchnorm = sync;
-        let (out1, out2) = (
-            tempfile::tempdir().expect("dir"),
-            tempfile::tempdir().expect("dir"),
-        );
-        let s1 = one_device(&one, out1.path()).expect("one device");
-        let s2 = pretrain_on::<Autodiff<Flex>>(
-            &two,
-            out2.path(),
-            &[Default::default(), Default::default()],
-            PretrainOptions::default(),
-        )
-        .expect("two peers");
+        let ([out1, out2], [s1, s2], two) = on_one_and_two(&sample_config(&set), sync, one_device);
         assert_eq!((s1.steps, s2.steps), (3, 3));
         let (l1, l2) = (step_losses(out1.path()), step_losses(out2.path()));
         assert_eq!((l1.len(), l2.len()), (3, 3));
@@ -739,26 +750,9 @@ mod tests {
             "train.max_steps=3",
             "eval.online_linear_lr=0.05",
         ]);
-        let mut two = one.clone();
-        two.train.devices = vec!["cpu".into(), "cpu".into()];
-        let (out1, out2) = (
-            tempfile::tempdir().expect("dir"),
-            tempfile::tempdir().expect("dir"),
-        );
-        let s1 = pretrain::<A>(
-            &one,
-            out1.path(),
-            &Default::default(),
-            PretrainOptions::default(),
-        )
-        .expect("one device");
-        let s2 = pretrain_on::<A>(
-            &two,
-            out2.path(),
-            &[Default::default(), Default::default()],
-            PretrainOptions::default(),
-        )
-        .expect("two peers");
+        let ([out1, out2], [s1, s2], _) = on_one_and_two(&one, false, |config, out| {
+            pretrain::<A>(config, out, &Default::default(), PretrainOptions::default())
+        });
         let scores = |out: &Path| -> Vec<(f64, f64)> {
             let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
             text.lines()
