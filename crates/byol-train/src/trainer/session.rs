@@ -269,29 +269,7 @@ where
         let (model, optimizers, state, metrics, resumed) = if options.resume {
             resume(config, folder, device, &length, channels, source)?
         } else {
-            let mut model = source.fresh(channels, device)?;
-            if config.train.nodes > 1 {
-                model = crate::parallel::numbered_params(model);
-            }
-            config
-                .train
-                .check_encoder_precision(&model.online.encoder)?;
-            config
-                .train
-                .check_encoder_batch_norm(&model.online.encoder)?;
-            let metrics = if writes {
-                std::fs::create_dir_all(out_dir).map_err(|e| TrainError::Output {
-                    path: out_dir.to_path_buf(),
-                    message: e.to_string(),
-                })?;
-                write_atomic(&out_dir.join("config.toml"), &config.to_toml()?)?;
-                MetricsLog::create(&out_dir.join("metrics.jsonl"))?
-            } else {
-                MetricsLog::discard()
-            };
-            let settings = config.train.optimizer_settings();
-            let state = TrainState::fresh(config.train.tau_base);
-            (model, Optimizers::new(&settings), state, metrics, None)
+            fresh(config, folder, device, channels, source)?
         };
         let resumed_at = resumed.as_ref().map(|(_, dir)| (dir.as_path(), &state));
         let online = online_linear(config, &data, &model, device, resumed_at)?;
@@ -883,8 +861,9 @@ where
     }
 }
 
-/// What a resumed run starts from: the networks, optimizers, state and
-/// metrics log, and the step and folder of the checkpoint.
+/// What a run starts from: the networks, optimizers, state and metrics
+/// log, and the step and folder of the checkpoint it resumed from (`None`
+/// for a fresh run).
 type Resumed<B, E> = (
     Byol<B, E>,
     Optimizers<Byol<B, E>, B>,
@@ -926,6 +905,48 @@ where
     let mut online = fresh.load(dir, device)?;
     online.continue_epoch(state.online_linear_loss_sum, state.online_linear_steps);
     Ok(Some(online))
+}
+
+/// What a fresh run starts from: new networks (their parameters numbered
+/// alike on every node of a multi-node run) checked against the config,
+/// fresh optimizers and state, and the metrics log, with the run folder
+/// and its resolved config written where this process writes it.
+fn fresh<B, E>(
+    config: &RunConfig,
+    folder: Folder<'_>,
+    device: &B::Device,
+    channels: usize,
+    source: &dyn ModelSource<B, E>,
+) -> Result<Resumed<B, E>, TrainError>
+where
+    B: AutodiffBackend,
+    E: Encoder<B> + AutodiffModule<B>,
+    Byol<B, E>: AutodiffModule<B>,
+{
+    let mut model = source.fresh(channels, device)?;
+    if config.train.nodes > 1 {
+        model = crate::parallel::numbered_params(model);
+    }
+    config
+        .train
+        .check_encoder_precision(&model.online.encoder)?;
+    config
+        .train
+        .check_encoder_batch_norm(&model.online.encoder)?;
+    let out_dir = folder.path;
+    let metrics = if folder.writes {
+        std::fs::create_dir_all(out_dir).map_err(|e| TrainError::Output {
+            path: out_dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&out_dir.join("config.toml"), &config.to_toml()?)?;
+        MetricsLog::create(&out_dir.join("metrics.jsonl"))?
+    } else {
+        MetricsLog::discard()
+    };
+    let settings = config.train.optimizer_settings();
+    let state = TrainState::fresh(config.train.tau_base);
+    Ok((model, Optimizers::new(&settings), state, metrics, None))
 }
 
 /// A resume with no checkpoint to resume from.
